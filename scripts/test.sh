@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The test command: set-up, lint, repository tests, then every Molecule
+# scenario (converge, idempotence, verify). Usage:
+#   scripts/test.sh                 everything (what .ci/run runs)
+#   scripts/test.sh lint            lint only
+#   scripts/test.sh scenario NAME   one Molecule scenario
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+# Scenarios in the order they run: fast per-role feedback first, then the
+# full stack on one host and on four.
+SCENARIOS=(role-postgresql role-coturn role-proxy default multi-host)
+
+# Stop the Docker engine at the end only if this run started it.
+engine_was_up=""
+if docker info >/dev/null 2>&1; then engine_was_up=yes; fi
+cleanup() {
+  if [ -z "$engine_was_up" ] && [ "${MATRIX_KEEP_ENGINE:-}" != 1 ]; then
+    "$REPO/scripts/docker-engine.sh" stop || true
+  fi
+}
+trap cleanup EXIT
+
+"$REPO/scripts/bootstrap.sh"
+# shellcheck disable=SC1091
+source "$REPO/.venv/bin/activate"
+
+timed() {
+  local label=$1; shift
+  local start=$SECONDS
+  echo "=== $label"
+  "$@"
+  echo "=== $label: $((SECONDS - start)) s"
+}
+
+lint() {
+  timed yamllint yamllint --strict .
+  timed ansible-lint ansible-lint --strict
+}
+
+repository_tests() {
+  timed "repository tests" python -m pytest -q tests
+}
+
+scenario() {
+  timed "molecule test -s $1" molecule test -s "$1"
+}
+
+total_start=$SECONDS
+case "${1:-all}" in
+  lint) lint ;;
+  unit) repository_tests ;;
+  scenario) scenario "$2" ;;
+  all)
+    lint
+    repository_tests
+    for s in "${SCENARIOS[@]}"; do scenario "$s"; done
+    ;;
+  *) echo "usage: $0 [all|lint|unit|scenario NAME]" >&2; exit 2 ;;
+esac
+echo "=== test command total: $((SECONDS - total_start)) s"
