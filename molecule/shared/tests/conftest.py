@@ -1,0 +1,72 @@
+"""Shared fixtures of the full-stack scenarios (default, multi-host, staging).
+
+Hosts are taken from Molecule's inventory by function group, so the same
+checks serve one host or four. The controller (where pytest runs) is the
+"outside": it is none of the server hosts and reaches them over the Docker
+network, as a client or an attacker on the network would.
+"""
+import os
+import pathlib
+import sys
+
+import pytest
+import testinfra
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+EPHEMERAL = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+CREDENTIALS = EPHEMERAL / "credentials"
+REPO = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+RUNNER = AnsibleRunner(INVENTORY)
+
+# Names of the staging inventory (inventories/staging/group_vars/matrix/main.yml).
+SERVER_NAME = "example.test"
+HOMESERVER_FQDN = "matrix.example.test"
+ELEMENT_FQDN = "element.example.test"
+TURN_FQDN = "turn.example.test"
+
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+
+def hosts_of(group):
+    return RUNNER.get_hosts(group)
+
+
+def server(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+def address_of(name):
+    """The host's address on the private (Docker) network."""
+    return server(name).check_output("hostname -I").split()[0]
+
+
+def first(group):
+    return hosts_of(group)[0]
+
+
+def _e2e_environment():
+    """The MATRIX_E2E_* settings of tests/e2e for this deployment."""
+    users = CREDENTIALS / "users"
+    return {
+        "MATRIX_E2E_PROXY_ADDRESS": address_of(first("matrix_proxy")),
+        "MATRIX_E2E_TURN_ADDRESS": address_of(first("matrix_turn")),
+        "MATRIX_E2E_SERVER_NAME": SERVER_NAME,
+        "MATRIX_E2E_HOMESERVER_FQDN": HOMESERVER_FQDN,
+        "MATRIX_E2E_ELEMENT_FQDN": ELEMENT_FQDN,
+        "MATRIX_E2E_TURN_FQDN": TURN_FQDN,
+        "MATRIX_E2E_CA_FILE": str(CREDENTIALS / "ca" / "ca.crt"),
+        "MATRIX_E2E_USER_A": "alice",
+        "MATRIX_E2E_PASSWORD_A": (users / "alice").read_text().strip(),
+        "MATRIX_E2E_USER_B": "bob",
+        "MATRIX_E2E_PASSWORD_B": (users / "bob").read_text().strip(),
+    }
+
+
+def pytest_configure(config):
+    os.environ.update(_e2e_environment())
+
+
+@pytest.fixture(scope="session")
+def credentials():
+    return CREDENTIALS

@@ -1,0 +1,194 @@
+"""What an operator checks on each tier after a deployment.
+
+Behaviour, not files: services answer, sockets listen only where they should,
+the database refuses every host but the homeserver, secrets are not readable
+by others, the sandbox is really applied.
+"""
+import json
+
+import pytest
+
+from conftest import address_of, first, hosts_of, server
+
+# A PostgreSQL startup packet (protocol 3.0): the server answers "R" (asks for
+# authentication) when pg_hba.conf accepts the client address, "E" (error,
+# "no pg_hba.conf entry") otherwise. Sent with the hosts' own python3.
+PG_PROBE = r"""
+import socket, struct, sys
+try:
+    s = socket.create_connection((sys.argv[1], 5432), timeout=5)
+except OSError as exc:
+    print("REFUSED", exc); sys.exit(0)
+params = b"user\0synapse\0database\0synapse\0\0"
+s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
+kind = s.recv(1)
+body = s.recv(4096)
+if kind == b"R":
+    print("AUTH", struct.unpack("!i", body[4:8])[0])
+else:
+    print("ERROR", body.decode(errors="replace"))
+"""
+
+
+def pg_probe(from_host, address):
+    return server(from_host).check_output("python3 -c %s %s", PG_PROBE, address)
+
+
+def local_pg_probe(address):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", PG_PROBE, address], capture_output=True, text=True, check=True).stdout
+
+
+def journal(name, unit):
+    return server(name).run("journalctl -u %s -n 40 --no-pager", unit).stdout
+
+
+@pytest.fixture(scope="module")
+def db_address():
+    db = first("matrix_db")
+    return "127.0.0.1" if db in hosts_of("matrix_homeserver") else address_of(db)
+
+
+# --- database tier ---------------------------------------------------------
+
+def test_postgresql_runs_and_has_the_synapse_database_in_utf8_c():
+    db = server(first("matrix_db"))
+    assert db.service("postgresql@15-main").is_running, journal(first("matrix_db"), "postgresql@15-main")
+    row = db.check_output(
+        "runuser -u postgres -- psql -Atc \"SELECT pg_encoding_to_char(encoding), datcollate, datctype "
+        "FROM pg_database WHERE datname = 'synapse'\""
+    )
+    assert row == "UTF8|C|C"
+
+
+def test_postgresql_accepts_the_homeserver(db_address):
+    for homeserver in hosts_of("matrix_homeserver"):
+        answer = pg_probe(homeserver, db_address)
+        # 10 = SASL: scram-sha-256 is asked for, never a cleartext password.
+        assert answer.startswith("AUTH 10"), answer
+
+
+def test_postgresql_refuses_every_other_host():
+    db = first("matrix_db")
+    others = [h for h in hosts_of("matrix") if h not in hosts_of("matrix_homeserver")]
+    address = address_of(db)
+    for other in others:
+        answer = pg_probe(other, address)
+        assert answer.startswith("REFUSED") or "no pg_hba.conf entry" in answer, f"{other}: {answer}"
+    # And from outside (the controller, on the same network).
+    answer = local_pg_probe(address)
+    assert answer.startswith("REFUSED") or "no pg_hba.conf entry" in answer, f"controller: {answer}"
+
+
+def test_postgresql_listens_only_where_needed():
+    db = first("matrix_db")
+    sockets = server(db).socket
+    listening = [s for s in sockets.get_listening_sockets() if s.endswith(":5432")]
+    allowed = {"tcp://127.0.0.1:5432", "tcp://::1:5432"}
+    if db not in hosts_of("matrix_homeserver"):
+        allowed.add(f"tcp://{address_of(db)}:5432")
+    assert set(listening) <= allowed and listening, listening
+
+
+# --- homeserver tier -------------------------------------------------------
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_runs_sandboxed_as_its_own_user(name):
+    hs = server(name)
+    service = hs.service("matrix-synapse")
+    assert service.is_running and service.is_enabled, journal(name, "matrix-synapse")
+    props = hs.check_output(
+        "systemctl show matrix-synapse -p User -p ProtectSystem -p NoNewPrivileges -p PrivateTmp "
+        "-p CapabilityBoundingSet -p ProtectHome"
+    ).splitlines()
+    props = dict(line.split("=", 1) for line in props)
+    assert props == {
+        "User": "matrix-synapse",
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "",
+        "ProtectHome": "yes",
+    }
+    # The sandbox really applies: the service's own view of /usr is read-only.
+    pid = hs.check_output("systemctl show -p MainPID --value matrix-synapse")
+    mounts = hs.check_output("cat /proc/%s/mountinfo", pid)
+    assert any(" /usr " in line and " ro," in line for line in mounts.splitlines()), mounts
+
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_listens_only_on_loopback_or_the_private_address(name):
+    hs = server(name)
+    listening = [s for s in hs.socket.get_listening_sockets() if s.endswith(":8008")]
+    expected = "tcp://127.0.0.1:8008" if name in hosts_of("matrix_proxy") else f"tcp://{address_of(name)}:8008"
+    assert listening == [expected]
+    address = expected.removeprefix("tcp://").rsplit(":", 1)[0]
+    assert hs.check_output("python3 -c %s", f"import urllib.request;print(urllib.request.urlopen('http://{address}:8008/health').read().decode())") == "OK"
+
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_secrets_are_private_and_kept_out_of_the_config(name, credentials):
+    hs = server(name)
+    for secret in ("registration_shared_secret", "macaroon_secret_key", "form_secret", "turn_shared_secret"):
+        f = hs.file(f"/etc/matrix-synapse/secrets/{secret}")
+        assert (f.user, f.group, f.mode) == ("root", "matrix-synapse", 0o640), secret
+    pgpass = hs.file("/etc/matrix-synapse/secrets/pgpass")
+    assert (pgpass.user, pgpass.mode) == ("matrix-synapse", 0o600)
+    key = hs.file("/etc/matrix-synapse/signing.key")
+    assert (key.user, key.mode) == ("matrix-synapse", 0o600)
+    config = hs.file("/etc/matrix-synapse/homeserver.yaml")
+    assert (config.user, config.group, config.mode) == ("root", "matrix-synapse", 0o640)
+    content = config.content_string
+    for secret in ("synapse_macaroon_secret_key", "synapse_registration_shared_secret", "synapse_form_secret",
+                   "synapse_database_password", "turn_shared_secret"):
+        value = (credentials / secret).read_text().strip()
+        assert value not in content, f"{secret} is written in homeserver.yaml"
+    # Every secret is independent (no two equal).
+    values = [p.read_text() for p in credentials.iterdir() if p.is_file()]
+    assert len(values) == len(set(values))
+
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_registration_is_closed_and_federation_off(name):
+    hs = server(name)
+    listening = [s for s in hs.socket.get_listening_sockets() if s.endswith(":8008")][0]
+    base = "http://" + listening.removeprefix("tcp://")
+    script = (
+        "import json, urllib.request, urllib.error\n"
+        "def call(path, data=None):\n"
+        "    req = urllib.request.Request(%r + path, data=data, headers={'Content-Type': 'application/json'})\n"
+        "    try:\n"
+        "        return urllib.request.urlopen(req).status, ''\n"
+        "    except urllib.error.HTTPError as e:\n"
+        "        return e.code, e.read().decode()\n"
+        "print(json.dumps([call('/_matrix/client/v3/register', b'{}'), call('/_matrix/federation/v1/version')]))\n"
+    ) % base
+    register, federation = json.loads(hs.check_output("python3 -c %s", script))
+    assert register[0] == 403 and "M_FORBIDDEN" in register[1], register
+    assert federation[0] in (404, 400), federation
+
+
+# --- TURN tier -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", hosts_of("matrix_turn"))
+def test_coturn_runs_and_listens(name):
+    turn = server(name)
+    assert turn.service("coturn").is_running, journal(name, "coturn")
+    listening = turn.socket.get_listening_sockets()
+    assert any(s.startswith("udp://") and s.endswith(":3478") for s in listening), listening
+    assert any(s.startswith("tcp://") and s.endswith(":3478") for s in listening), listening
+    assert any(s.startswith("tcp://") and s.endswith(":5349") for s in listening), listening
+    assert not any(s.endswith(":5766") for s in listening), "the coturn CLI must be off"
+
+
+# --- proxy tier ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", hosts_of("matrix_proxy"))
+def test_nginx_runs_with_a_valid_configuration(name):
+    proxy = server(name)
+    assert proxy.service("nginx").is_running, journal(name, "nginx")
+    assert proxy.run("nginx -t").rc == 0
+    key = proxy.file("/etc/ssl/matrix/matrix.key")
+    assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
