@@ -112,10 +112,15 @@ def test_synapse_runs_sandboxed_as_its_own_user(name):
         "CapabilityBoundingSet": "",
         "ProtectHome": "yes",
     }
-    # The sandbox really applies: the service's own view of /usr is read-only.
+    # The sandbox really applies: inside the service's mount namespace the
+    # system is read-only and only the state folder is writable.
     pid = hs.check_output("systemctl show -p MainPID --value matrix-synapse")
-    mounts = hs.check_output("cat /proc/%s/mountinfo", pid)
-    assert any(" /usr " in line and " ro," in line for line in mounts.splitlines()), mounts
+    in_ns = "nsenter --target %s --mount -- touch %s"
+    denied = hs.run(in_ns, pid, "/etc/matrix-synapse/sandbox-probe")
+    assert denied.rc != 0 and "Read-only file system" in denied.stderr, denied.stderr
+    allowed = hs.run(in_ns, pid, "/var/lib/matrix-synapse/sandbox-probe")
+    assert allowed.rc == 0, allowed.stderr
+    hs.run("rm -f /var/lib/matrix-synapse/sandbox-probe")
 
 
 @pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
