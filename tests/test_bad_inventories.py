@@ -114,7 +114,7 @@ CASES = {
     ),
     "no database password source": (
         _without("matrix_synapse_database_password"),
-        "matrix_synapse_database_password has no value",
+        "matrix_synapse_database_password is not set: put it in your inventory vault",
     ),
     "misspelt setting": (_with(matrix_sever_name="example.gouv.fr"), "Unknown setting(s) matrix_sever_name"),
     "staging CA in production": (_with(matrix_tls_mode="internal_ca"), "the internal staging CA is refused in production"),
