@@ -9,7 +9,7 @@
 #                                          otherwise debootstrap, import, save to the cache
 #   scripts/build-base-image.sh --force    rebuild from scratch
 #
-# The image carries the label org.matrix-ansible.build-hash=<hash of this script and lib.sh>;
+# The image carries the label org.matrix-ansible.build-hash=<hash of this script>;
 # the cache file .cache/images/<name>-<hash>.tar.gz has the same hash, so editing this script
 # rebuilds the image instead of reusing a stale one.
 set -euo pipefail
@@ -28,7 +28,7 @@ MASK_UNITS="systemd-udevd.service systemd-udevd-control.socket systemd-udevd-ker
   systemd-remount-fs.service systemd-modules-load.service systemd-firstboot.service
   apt-daily.timer apt-daily-upgrade.timer"
 
-BUILD_HASH="$(cat "$0" "$(dirname "$0")/lib.sh" | sha256sum | cut -c1-12)"
+BUILD_HASH="$(sha256sum "$0" | cut -c1-12)"
 IMAGES_DIR="${CACHE_DIR}/images"
 CACHE_PREFIX="${IMAGES_DIR}/$(printf '%s' "$IMAGE" | tr '/:' '__')"
 CACHE_FILE="${CACHE_PREFIX}-${BUILD_HASH}.tar.gz"
@@ -42,6 +42,15 @@ case "${1:-}" in
 esac
 
 docker_answers || die "no Docker engine answers: run scripts/docker-engine.sh start"
+
+# One build at a time (several helpers or CI jobs may bootstrap at once); whoever waited finds
+# the image ready below.
+mkdir -p "$IMAGES_DIR"
+exec 9>"${IMAGES_DIR}/.lock"
+if ! flock -n 9; then
+  log "another build of ${IMAGE} is running; waiting for it"
+  flock 9
+fi
 
 image_hash() {
   docker image inspect --format "{{ index .Config.Labels \"${LABEL_KEY}\" }}" "$IMAGE" 2>/dev/null || true
@@ -130,7 +139,7 @@ cleanup_rootfs() {
 }
 trap cleanup_rootfs EXIT
 cleanup_rootfs
-mkdir -p "$ROOTFS" "$IMAGES_DIR"
+mkdir -p "$ROOTFS"
 
 start=$SECONDS
 log "debootstrap ${SUITE} (minbase + ${PACKAGES}); takes a few minutes"

@@ -38,16 +38,23 @@ cmd_start() {
     return 0
   fi
   need_root
+  mkdir -p "$DOCKERD_DIR"
+  # Concurrent callers: one starts the engine, the others wait for it.
+  exec 9>"${DOCKERD_DIR}/.lock"
+  flock 9
+  if docker_answers; then
+    log "engine started meanwhile by another caller; using it"
+    return 0
+  fi
   apt_install docker.io
   command -v docker >/dev/null 2>&1 || die "no docker CLI after installing docker.io"
   if pid="$(our_pid)"; then
     log "dockerd (pid ${pid}) is running but does not answer yet; waiting"
   else
-    mkdir -p "$DOCKERD_DIR"
     rm -f "$PIDFILE"
     log "starting dockerd (log ${LOGFILE})"
     # setsid: the engine outlives this shell and the job control of its caller.
-    setsid dockerd --pidfile="$PIDFILE" </dev/null >>"$LOGFILE" 2>&1 &
+    setsid dockerd --pidfile="$PIDFILE" </dev/null >>"$LOGFILE" 2>&1 9>&- &
   fi
   local i
   for ((i = 0; i < START_TIMEOUT * 2; i++)); do

@@ -1,0 +1,53 @@
+"""Repository-level promises: what the README and requirements files claim holds."""
+import json
+import pathlib
+
+import yaml
+
+from conftest import REPO, run
+
+
+def test_declared_collections_are_the_installed_ones():
+    declared = {c["name"]: c["version"] for c in yaml.safe_load((REPO / "requirements.yml").read_text())["collections"]}
+    listed = json.loads(run(["ansible-galaxy", "collection", "list", "--format", "json"]).stdout)
+    installed = {}
+    for collections in listed.values():
+        installed.update({name: info["version"] for name, info in collections.items()})
+    assert {name: installed.get(name) for name in declared} == declared
+
+
+def test_role_readmes_match_their_argument_specs():
+    result = run(["python", "scripts/role-docs.py", "--check"])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_playbook_folder_sees_the_shared_group_vars():
+    """Ansible loads group_vars beside the playbook that is running: each folder
+    holding playbooks links to the top-level group_vars/."""
+    folders = {p.parent for p in (REPO / "playbooks").rglob("*.yml") if p.parent.name != "group_vars"}
+    folders = {f for f in folders if "group_vars" not in f.parts}
+    for folder in folders:
+        link = folder / "group_vars"
+        assert link.is_symlink() and link.resolve() == (REPO / "group_vars").resolve(), folder
+
+
+def test_shared_wiring_loads_for_the_staging_inventory():
+    result = run(["ansible-inventory", "-i", "inventories/staging", "--playbook-dir", "playbooks",
+                  "--host", "staging-homeserver"])
+    host = json.loads(result.stdout)
+    # From the inventory (group_vars/matrix) and from the shared wiring (group_vars/all).
+    assert host["matrix_server_name"] == "example.test"
+    assert host["synapse_server_name"] == "{{ matrix_server_name }}"
+
+
+def test_every_role_has_specs_preflight_and_docs():
+    for role in sorted(p for p in (REPO / "roles").iterdir() if p.is_dir()):
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+        assert set(specs) == {"main", "preflight"}, role.name
+        assert specs["main"]["options"] == specs["preflight"]["options"], role.name
+        assert (role / "tasks" / "preflight.yml").is_file(), role.name
+        assert yaml.safe_load((role / "meta" / "main.yml").read_text())["dependencies"] == [], role.name
+        for option in specs["main"]["options"]:
+            assert option.startswith(role.name + "_"), f"{role.name}: {option} is not prefixed"
+        page = role.name.replace("_", "-") + ".md"
+        assert (REPO / "docs" / page).is_file(), page
