@@ -7,6 +7,7 @@
 #   5. the Element web fixture, when scripts/build-element-fixture.sh exists
 # Everything already in place: a few seconds. Prints what it did.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 need_root

@@ -13,6 +13,7 @@
 # the cache file .cache/images/<name>-<hash>.tar.gz has the same hash, so editing this script
 # rebuilds the image instead of reusing a stale one.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 IMAGE="${BASE_IMAGE:-matrix-ansible/debian12-systemd:bookworm}"
@@ -94,7 +95,7 @@ host_apt_entries() {
       }
       /^[ \t]*#/ { next }
       /^[ \t]*$/ { flush(); next }
-      /^[ \t]/ { v = $0; sub(/^[ \t]+/, "", v); val[key] = val[key] " " v
+      /^[ \t]/ { v = $0; sub(/^[ \t]+/, "", v)
                  if (key == "uris") uris = uris " " v
                  else if (key == "suites") suites = suites " " v
                  else if (key == "components") comps = comps " " v
@@ -129,11 +130,9 @@ ROOTFS="${BUILD_DIR}/rootfs"
 
 cleanup_rootfs() {
   # debootstrap mounts proc/sys inside the target: unmount before deleting anything.
-  local m
   if [ -d "$ROOTFS" ]; then
-    for m in $(awk -v r="$ROOTFS" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
-      umount -l "$m" 2>/dev/null || true
-    done
+    awk -v r="$ROOTFS" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r \
+      | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf --one-file-system "$ROOTFS"
   fi
 }

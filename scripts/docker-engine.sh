@@ -11,6 +11,7 @@
 # supervisor. The Docker CLI and the Python docker SDK negotiate the API version with the
 # 20.10 engine (API 1.41) on their own; nothing needs DOCKER_API_VERSION.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 DOCKERD_DIR="${CACHE_DIR}/dockerd"

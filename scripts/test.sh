@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-# Scenarios in the order they run: fast per-role feedback first, then the
+# Scenarios in the order they run: the harness itself first, then the
 # full stack on one host and on four.
-SCENARIOS=(role-postgresql role-coturn role-proxy default multi-host)
+SCENARIOS=(harness default multi-host)
 
 # Stop the Docker engine at the end only if this run started it.
 engine_was_up=""
