@@ -26,11 +26,12 @@ trap cleanup EXIT
 # shellcheck disable=SC1091
 source "$REPO/.venv/bin/activate"
 
+LOG=$(mktemp)
 timed() {
   local label=$1; shift
   local start=$SECONDS
   echo "=== $label"
-  "$@"
+  "$@" 2>&1 | tee -a "$LOG"
   echo "=== $label: $((SECONDS - start)) s"
 }
 
@@ -60,3 +61,8 @@ case "${1:-all}" in
   *) echo "usage: $0 [all|lint|unit|scenario NAME]" >&2; exit 2 ;;
 esac
 echo "=== test command total: $((SECONDS - total_start)) s"
+# Every pytest run (repository tests, each scenario's verify) closes with
+# "N passed"; a failure stops this script before here.
+passed=$(grep -oE '[0-9]+ passed' "$LOG" | awk '{n += $1} END {print n + 0}')
+rm -f "$LOG"
+echo "tests: $passed passed, 0 failed"
