@@ -5,6 +5,7 @@
 #   scripts/staging.sh up       create the containers (if needed) and deploy
 #   scripts/staging.sh deploy   deploy again (after a change)
 #   scripts/staging.sh status   show the containers and the URLs
+#   scripts/staging.sh check    run the end-to-end client checks (tests/e2e) against staging
 #   scripts/staging.sh down     remove the containers (credentials are kept)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,11 +94,21 @@ case "${1:-up}" in
     docker ps --filter name=staging- --format '{{.Names}}\t{{.Status}}'
     summary
     ;;
+  check)
+    activate
+    MATRIX_E2E_PROXY_ADDRESS=$(address_of staging-proxy) MATRIX_E2E_TURN_ADDRESS=$(address_of staging-turn) \
+    MATRIX_E2E_SERVER_NAME=example.test MATRIX_E2E_HOMESERVER_FQDN=matrix.example.test \
+    MATRIX_E2E_ELEMENT_FQDN=element.example.test MATRIX_E2E_TURN_FQDN=turn.example.test \
+    MATRIX_E2E_CA_FILE="$REPO/$CREDENTIALS/ca/ca.crt" \
+    MATRIX_E2E_USER_A=alice MATRIX_E2E_PASSWORD_A="$(cat "$CREDENTIALS/users/alice")" \
+    MATRIX_E2E_USER_B=bob MATRIX_E2E_PASSWORD_B="$(cat "$CREDENTIALS/users/bob")" \
+      python -m pytest -q -p no:cacheprovider tests/e2e
+    ;;
   down)
     activate
     molecule destroy -s staging
     scripts/docker-engine.sh stop
     echo "Containers removed; credentials kept in $CREDENTIALS (delete them to start afresh)."
     ;;
-  *) echo "usage: $0 [up|deploy|status|down]" >&2; exit 2 ;;
+  *) echo "usage: $0 [up|deploy|status|check|down]" >&2; exit 2 ;;
 esac
