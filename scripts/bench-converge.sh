@@ -1,53 +1,71 @@
 #!/usr/bin/env bash
-# Cold converge against its floor, side by side in one run, on the same image:
-#   1. molecule scenario `default` (whole stack on one host): cold converge,
-#      then the idempotent re-run;
-#   2. a fresh container of the same scenario where the same packages (the
-#      exact apt packages the converge installed, read back from dpkg) and the
-#      same Synapse release are installed with apt-get and pip, no Ansible.
-# Prints seconds and the ratios converge/floor and re-run/converge.
+# Cold converge against its floor, side by side in one run, on the same image.
+#   scripts/bench-converge.sh [SCENARIO...]     (default: default multi-host)
+# For each Molecule scenario: fresh hosts, cold converge of playbooks/site.yml,
+# then the idempotent re-run. Then the floor: one fresh host of the `default`
+# scenario where the same packages (the exact apt packages the converges
+# installed, read back from dpkg) and the same Synapse release are installed
+# with apt-get and pip, no Ansible. Prints seconds and ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh >/dev/null
+scripts/bootstrap.sh >/dev/null 2>&1
 # shellcheck disable=SC1091
 source .venv/bin/activate
 
-HOST=matrix-aio
-SCENARIO=default
+if [ $# -gt 0 ]; then SCENARIOS=("$@"); else SCENARIOS=(default multi-host); fi
 SYNAPSE_VERSION=$(python3 -c 'import yaml; print(yaml.safe_load(open("roles/synapse/defaults/main.yml"))["synapse_version"])')
+LOGS=$(mktemp -d)
 
 now() { date +%s.%N; }
 elapsed() { python3 -c "print(f'{$2 - $1:.1f}')"; }
-
-fresh_host() {
-  molecule destroy -s "$SCENARIO" >/dev/null 2>&1 || true
-  molecule create -s "$SCENARIO" >/dev/null
-  molecule prepare -s "$SCENARIO" --force >/dev/null
+hosts_of() { python3 -c 'import sys, yaml; print(" ".join(p["name"] for p in yaml.safe_load(open(f"molecule/{sys.argv[1]}/molecule.yml"))["platforms"]))' "$1"; }
+fresh() {
+  molecule destroy -s "$1" >/dev/null 2>&1 || true
+  molecule create -s "$1" >/dev/null 2>&1
+  molecule prepare -s "$1" --force >/dev/null 2>&1
 }
+manual_packages() { for h in "$@"; do docker exec "$h" apt-mark showmanual; done | sort -u; }
 
-trap 'molecule destroy -s "$SCENARIO" >/dev/null 2>&1 || true' EXIT
+current=""
+trap '[ -z "$current" ] || molecule destroy -s "$current" >/dev/null 2>&1 || true' EXIT
 
-echo "== converge (Ansible, scenario $SCENARIO)"
-fresh_host
-base_packages=$(docker exec "$HOST" apt-mark showmanual | sort)
-t0=$(now); molecule converge -s "$SCENARIO" >/tmp/bench-converge.log 2>&1; t1=$(now)
-molecule converge -s "$SCENARIO" >/tmp/bench-rerun.log 2>&1; t2=$(now)
-grep -q 'changed=0.*failed=0' /tmp/bench-rerun.log || { echo "re-run was not idempotent, see /tmp/bench-rerun.log" >&2; exit 1; }
-packages=$(comm -13 <(echo "$base_packages") <(docker exec "$HOST" apt-mark showmanual | sort) | tr '\n' ' ')
+declare -A converge rerun
+base=$(mktemp); installed=$(mktemp)
+for scenario in "${SCENARIOS[@]}"; do
+  current=$scenario
+  read -ra hosts <<<"$(hosts_of "$scenario")"
+  echo "== $scenario: cold converge and re-run (${hosts[*]})"
+  fresh "$scenario"
+  manual_packages "${hosts[@]}" >"$base"
+  t0=$(now); molecule converge -s "$scenario" >"$LOGS/$scenario-converge.log" 2>&1; t1=$(now)
+  molecule converge -s "$scenario" >"$LOGS/$scenario-rerun.log" 2>&1; t2=$(now)
+  if grep -E 'changed=[1-9]|failed=[1-9]' "$LOGS/$scenario-rerun.log" | grep -v localhost >/dev/null; then
+    echo "the re-run of $scenario changed something: $LOGS/$scenario-rerun.log" >&2; exit 1
+  fi
+  comm -13 "$base" <(manual_packages "${hosts[@]}") >>"$installed"
+  converge[$scenario]=$(elapsed "$t0" "$t1"); rerun[$scenario]=$(elapsed "$t1" "$t2")
+  molecule destroy -s "$scenario" >/dev/null 2>&1; current=""
+done
 
-echo "== floor (apt-get + pip, no Ansible): $packages+ matrix-synapse==$SYNAPSE_VERSION"
-fresh_host
+packages=$(sort -u "$installed" | tr '\n' ' ')
+echo "== floor (apt-get + pip on one fresh host, no Ansible): $packages+ matrix-synapse==$SYNAPSE_VERSION"
+current=default
+fresh default
 t3=$(now)
-docker exec "$HOST" bash -ec "
+docker exec "$(hosts_of default | cut -d' ' -f1)" bash -ec "
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $packages >/dev/null
   python3 -m venv --system-site-packages /opt/floor
   /opt/floor/bin/pip install -q 'matrix-synapse[postgres]==$SYNAPSE_VERSION'
-" >/tmp/bench-floor.log 2>&1
+" >"$LOGS/floor.log" 2>&1
 t4=$(now)
+floor=$(elapsed "$t3" "$t4")
 
-converge=$(elapsed "$t0" "$t1"); rerun=$(elapsed "$t1" "$t2"); floor=$(elapsed "$t3" "$t4")
-printf '\n%-34s %8s s\n' "cold converge (site.yml, 1 host)" "$converge" \
-  "idempotent re-run" "$rerun" "floor: same packages, no Ansible" "$floor"
-python3 -c "print(f'converge / floor   = {$converge / $floor:.2f}'); print(f're-run / converge  = {$rerun / $converge:.2f}')"
+echo
+printf '%-12s %16s %16s %16s %18s\n' scenario "cold converge s" "re-run s" "converge/floor" "re-run/converge"
+for scenario in "${SCENARIOS[@]}"; do
+  python3 -c "import sys; c, r, f = map(float, sys.argv[2:]); print(f'{sys.argv[1]:<12} {c:16.1f} {r:16.1f} {c / f:16.2f} {r / c:18.2f}')" \
+    "$scenario" "${converge[$scenario]}" "${rerun[$scenario]}" "$floor"
+done
+printf 'floor (same packages, apt-get + pip, one host): %s s\nlogs: %s\n' "$floor" "$LOGS"

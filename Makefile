@@ -1,0 +1,23 @@
+# Convenience targets; each calls the scripts the README documents.
+.PHONY: staging staging-deploy staging-check staging-down test lint unit scenario bench docs
+
+staging:            ## set up everything, create the staging containers and deploy
+	scripts/staging.sh up
+staging-deploy:     ## deploy staging again after a change
+	scripts/staging.sh deploy
+staging-check:      ## end-to-end client checks against staging
+	scripts/staging.sh check
+staging-down:       ## remove the staging containers
+	scripts/staging.sh down
+test:               ## the whole test command (what .ci/run runs)
+	scripts/test.sh
+lint:               ## yamllint + ansible-lint
+	scripts/test.sh lint
+unit:               ## repository tests (bad inventories, docs in step, pins)
+	scripts/test.sh unit
+scenario:           ## one Molecule scenario: make scenario S=default
+	scripts/test.sh scenario $(S)
+bench:              ## cold converge against the no-Ansible floor
+	scripts/bench-converge.sh
+docs:               ## regenerate the role README variable tables
+	.venv/bin/python scripts/role-docs.py
