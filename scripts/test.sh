@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-# Scenarios in the order they run: the harness itself first, then the
-# full stack on one host and on four.
-SCENARIOS=(harness default multi-host)
+# Scenarios in the order they run: the harness itself, fast per-role
+# feedback, then the full stack on one host and on four.
+SCENARIOS=(harness role-postgresql role-coturn role-proxy default multi-host)
 
 # Stop the Docker engine at the end only if this run started it.
 engine_was_up=""
