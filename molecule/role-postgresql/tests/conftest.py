@@ -1,16 +1,8 @@
 """On a failed test, attach the host's failed units and the end of its journal to the report."""
 
-import pytest
+import pathlib
+import sys
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    host = item.funcargs.get("host") if hasattr(item, "funcargs") else None
-    if report.when != "call" or not report.failed or host is None:
-        return
-    failed = host.run("systemctl --failed --no-legend --plain").stdout
-    journal = host.run("journalctl --boot --no-pager --lines=80").stdout
-    report.sections.append(("failed units", failed or "(none)"))
-    report.sections.append(("journal (last 80 lines)", journal))
+from failure_report import pytest_runtest_makereport  # noqa: E402,F401  (a pytest hook)
