@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a Debian 12 machine (root) for linting and Molecule tests:
-#   1. Debian packages: docker.io, debootstrap, python3-venv, make, git
+#   1. Debian packages: docker.io, debootstrap, python3-venv, make, git, testssl.sh, chromium
 #   2. the virtualenv <repo>/.venv from requirements.txt (pip uses the host's own configuration)
 #   3. the Docker engine (scripts/docker-engine.sh start)
 #   4. the base image matrix-ansible/debian12-systemd:bookworm (scripts/build-base-image.sh)
@@ -23,7 +23,8 @@ step() { # step LABEL START: record how long a step took
 #    fresh machine gets everything in one apt run.
 t=$SECONDS
 missing=()
-for p in docker.io debootstrap debian-archive-keyring python3-venv make git; do
+# testssl.sh: the audit's TLS scan (playbooks/audit.yml); chromium: its test opens the HTML report.
+for p in docker.io debootstrap debian-archive-keyring python3-venv make git testssl.sh chromium; do
   pkg_installed "$p" || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -45,3 +45,58 @@ apt_install() {
 docker_answers() {
   command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1
 }
+
+# host_apt_entries: print "URI SUITE COMPONENTS..." for every enabled `deb` entry of the host's
+# apt sources (deb822 *.sources and one-line sources.list / *.list), so that images use the same
+# mirrors as the host without a mirror name in the repository. (scripts/build-base-image.sh keeps
+# its own copy: moving it here would change that script's build hash and rebuild the image.)
+host_apt_entries() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk '
+      function flush() {
+        if (types ~ /(^| )deb( |$)/ && enabled != "no" && uris != "" && suites != "") {
+          nu = split(uris, u, " "); ns = split(suites, s, " ")
+          for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++) print u[i], s[j], comps
+        }
+        types = uris = suites = comps = enabled = ""; key = ""
+      }
+      /^[ \t]*#/ { next }
+      /^[ \t]*$/ { flush(); next }
+      /^[ \t]/ { v = $0; sub(/^[ \t]+/, "", v)
+                 if (key == "uris") uris = uris " " v
+                 else if (key == "suites") suites = suites " " v
+                 else if (key == "components") comps = comps " " v
+                 next }
+      {
+        key = tolower($0); sub(/:.*/, "", key)
+        v = $0; sub(/^[^:]*:[ \t]*/, "", v)
+        if (key == "types") types = v
+        else if (key == "uris") uris = v
+        else if (key == "suites") suites = v
+        else if (key == "components") comps = v
+        else if (key == "enabled") enabled = tolower(v)
+      }
+      END { flush() }
+    ' "$f"
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && NF >= 3 {
+      line = $2 " " $3; for (i = 4; i <= NF; i++) line = line " " $i; print line }'
+  done
+}
+
+# host_apt_options: the host's apt settings that make its mirrors usable (snapshot mirrors with
+# expired Release files, proxies), one `Key "value";` line each.
+host_apt_options() {
+  apt-config dump 2>/dev/null \
+    | grep -E '^Acquire::(Check-Valid-Until|Check-Date|https?::Proxy|https?::proxy) ' || true
+}
+
+# host_static_hosts: the static, non-loopback entries of the host's /etc/hosts ("IP name...").
+host_static_hosts() {
+  sed -e 's/#.*//' /etc/hosts | awk 'NF >= 2 && $1 ~ /^[0-9a-fA-F:.]+$/ \
+    && $1 !~ /^(127\.|::1$|fe00:|ff0[0-9]:)/ { $1 = $1; print }'
+}

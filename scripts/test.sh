@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 # Scenarios in the order they run: the harness itself, fast per-role
-# feedback, then the full stack on one host and on four.
-SCENARIOS=(harness role-postgresql role-coturn role-proxy default multi-host)
+# feedback, then the full stack on one host (with the audit) and on four, then
+# the real-kernel VM.
+SCENARIOS=(harness role-hardening role-nftables role-postgresql role-coturn role-proxy default multi-host vm)
 
 # Stop the Docker engine at the end only if this run started it.
 engine_was_up=""

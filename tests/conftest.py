@@ -1,4 +1,5 @@
 """Shared helpers for the repository-level tests (run from the repository root)."""
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -18,3 +19,14 @@ def run(cmd, **kwargs):
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", PY_COLORS="0")
     env.update(kwargs.pop("env", {}))
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, **kwargs)
+
+
+def settings_plugin():
+    """The filter plugin that generates the allow-list of setting names
+    (playbooks/filter_plugins/matrix_settings.py), imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "matrix_settings", REPO / "playbooks" / "filter_plugins" / "matrix_settings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

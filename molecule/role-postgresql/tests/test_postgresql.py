@@ -7,7 +7,6 @@ refused, and no rule lets anyone in without a password.
 """
 import json
 import socket
-import struct
 
 import pytest
 
@@ -19,9 +18,10 @@ PORT = 5432
 LOGIN = r"""
 import json, sys
 import psycopg2
+extra = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 try:
     conn = psycopg2.connect(host=sys.argv[1], port=int(sys.argv[2]), dbname="synapse",
-                            user="synapse", password=sys.argv[3], connect_timeout=5)
+                            user="synapse", password=sys.argv[3], connect_timeout=5, **extra)
 except psycopg2.OperationalError as exc:
     print(json.dumps({"ok": False, "error": str(exc)}))
     sys.exit(0)
@@ -37,8 +37,11 @@ def psql(host, query, database="postgres"):
     return host.check_output("runuser -u postgres -- psql -d %s -XAtc %s", database, query)
 
 
-def login(host, address, password):
-    return json.loads(host.check_output("python3 -c %s %s %s %s", LOGIN, address, str(PORT), password))
+def login(host, address, password, **libpq):
+    """Log in over TCP; libpq: extra connection parameters (sslmode, sslrootcert...)."""
+    return json.loads(
+        host.check_output("python3 -c %s %s %s %s %s", LOGIN, address, str(PORT), password, json.dumps(libpq))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +103,8 @@ def test_allowed_client_logs_in_with_scram_over_tls(host, private_address, passw
     result = login(host, private_address, password)
     assert result["ok"], result
     assert result["user"] == "synapse"
-    # Debian's default ssl = on (snakeoil certificate): libpq prefers TLS.
-    assert result["ssl"] is True and result["tls"].startswith("TLSv1."), result
+    # The only rule for this address is hostssl: libpq's default (prefer) gets TLS.
+    assert result["ssl"] is True and result["tls"] == "TLSv1.3", result
     # The server asked for SASL (SCRAM-SHA-256), not a clear-text or MD5 password.
     # Debian's cluster logs to its own file; log_connections names the method.
     log = host.check_output("tail -n 200 /var/log/postgresql/postgresql-15-main.log")
@@ -122,14 +125,12 @@ def test_unlisted_address_is_refused_even_with_the_right_password(host, password
 
 
 def test_controller_is_refused_before_authentication(private_address):
-    """From outside (the controller): a startup packet gets an error, not a password request."""
-    params = b"user\0synapse\0database\0synapse\0\0"
-    with socket.create_connection((private_address, PORT), timeout=5) as conn:
-        conn.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
-        kind = conn.recv(1)
-        body = conn.recv(4096)
-    assert kind == b"E", (kind, body)
-    assert b"no pg_hba.conf entry" in body
+    """From outside (the controller): the unit's IP filter (IPAddressDeny=any, the
+    controller not in IPAddressAllow) drops the packets, so the connection is not
+    even established - no startup packet reaches PostgreSQL. (pg_hba.conf's own
+    refusal is checked from loopback, above.)"""
+    with pytest.raises(TimeoutError):
+        socket.create_connection((private_address, PORT), timeout=5).close()
 
 
 def test_hba_has_no_passwordless_or_weak_rule(host):
@@ -160,3 +161,53 @@ def test_local_fact_is_published(host, private_address):
     assert fact["version"] == "15"
     assert fact["port"] == PORT
     assert fact["listen_addresses"] == ["localhost", private_address]
+
+
+# --- TLS: the network only over TLS, with a certificate a client can verify ---
+
+STAGING_CA = "/usr/local/share/ca-certificates/matrix-staging-ca.crt"
+
+
+def test_non_tls_connection_from_the_network_is_refused(host, private_address, password):
+    result = login(host, private_address, password, sslmode="disable")
+    assert not result["ok"], result
+    assert "no pg_hba.conf entry" in result["error"] and "no encryption" in result["error"], result
+
+
+def test_certificate_verifies_against_the_ca_for_the_address(host, private_address, password):
+    """verify-full by IP address: the certificate carries it as an iPAddress SAN (libpq >= 14)."""
+    result = login(host, private_address, password, sslmode="verify-full", sslrootcert=STAGING_CA)
+    assert result["ok"], result
+    assert result["ssl"] is True and result["tls"] == "TLSv1.3", result
+
+
+def test_certificate_from_another_ca_fails_verify_full(host, private_address, password):
+    host.check_output(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=other "
+        "-keyout /tmp/other-ca.key -out /tmp/other-ca.crt"
+    )
+    result = login(host, private_address, password, sslmode="verify-full", sslrootcert="/tmp/other-ca.crt")
+    assert not result["ok"], result
+    assert "certificate verify failed" in result["error"], result
+
+
+def test_tls_older_than_the_minimum_is_refused(host, private_address, password):
+    result = login(host, private_address, password, sslmode="require", ssl_max_protocol_version="TLSv1.2")
+    assert not result["ok"], result
+
+
+def test_tls_settings_are_live(host):
+    assert psql(host, "SHOW ssl") == "on"
+    assert psql(host, "SHOW ssl_cert_file") == "/etc/ssl/matrix/postgresql.crt"
+    assert psql(host, "SHOW ssl_key_file") == "/etc/ssl/matrix/postgresql.key"
+    assert psql(host, "SHOW ssl_min_protocol_version") == "TLSv1.3"
+    key = host.file("/etc/ssl/matrix/postgresql.key")
+    assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
+
+
+def test_network_rules_are_hostssl_only(host):
+    """No rule lets a client on the network in without TLS: "host" lines are loopback only."""
+    rules = psql(host, "SELECT type, coalesce(address, '') FROM pg_hba_file_rules WHERE type <> 'local'")
+    for rule in rules.splitlines():
+        kind, address = rule.split("|")
+        assert kind == "hostssl" or address in ("127.0.0.1", "::1"), rules

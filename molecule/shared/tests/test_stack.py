@@ -12,13 +12,23 @@ from conftest import address_of, first, hosts_of, server
 
 # A PostgreSQL startup packet (protocol 3.0): the server answers "R" (asks for
 # authentication) when pg_hba.conf accepts the client address, "E" (error,
-# "no pg_hba.conf entry") otherwise. Sent with the hosts' own python3.
+# "no pg_hba.conf entry") otherwise. Sent with the hosts' own python3; with a
+# second argument "tls", inside TLS (SSLRequest first, certificate not checked
+# here: molecule/shared/tests/test_tls_links.py checks it).
 PG_PROBE = r"""
-import socket, struct, sys
+import socket, ssl, struct, sys
 try:
     s = socket.create_connection((sys.argv[1], 5432), timeout=5)
 except OSError as exc:
     print("REFUSED", exc); sys.exit(0)
+if sys.argv[2:] == ["tls"]:
+    s.sendall(struct.pack("!ii", 8, 80877103))
+    if s.recv(1) != b"S":
+        print("NO-TLS"); sys.exit(0)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    s = context.wrap_socket(s)
 params = b"user\0synapse\0database\0synapse\0\0"
 s.sendall(struct.pack("!ii", 8 + len(params), 196608) + params)
 kind = s.recv(1)
@@ -30,8 +40,8 @@ else:
 """
 
 
-def pg_probe(from_host, address):
-    return server(from_host).check_output("python3 -c %s %s", PG_PROBE, address)
+def pg_probe(from_host, address, *tls):
+    return server(from_host).check_output("python3 -c %s %s" + " %s" * len(tls), PG_PROBE, address, *tls)
 
 
 def local_pg_probe(address):
@@ -64,8 +74,10 @@ def test_postgresql_runs_and_has_the_synapse_database_in_utf8_c():
 
 
 def test_postgresql_accepts_the_homeserver(db_address):
+    # A remote database accepts the homeserver over TLS only (hostssl).
+    tls = () if db_address == "127.0.0.1" else ("tls",)
     for homeserver in hosts_of("matrix_homeserver"):
-        answer = pg_probe(homeserver, db_address)
+        answer = pg_probe(homeserver, db_address, *tls)
         # 10 = SASL: scram-sha-256 is asked for, never a cleartext password.
         assert answer.startswith("AUTH 10"), answer
 
@@ -195,5 +207,5 @@ def test_nginx_runs_with_a_valid_configuration(name):
     proxy = server(name)
     assert proxy.service("nginx").is_running, journal(name, "nginx")
     assert proxy.run("nginx -t").rc == 0
-    key = proxy.file("/etc/ssl/matrix/matrix.key")
+    key = proxy.file("/etc/ssl/matrix/proxy.key")
     assert (key.user, key.group, key.mode) == ("root", "ssl-cert", 0o640)
