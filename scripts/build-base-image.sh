@@ -9,8 +9,8 @@
 #                                          otherwise debootstrap, import, save to the cache
 #   scripts/build-base-image.sh --force    rebuild from scratch
 #
-# The image carries the label org.matrix-ansible.build-hash=<hash of this script>;
-# the cache file .cache/images/<name>-<hash>.tar.gz has the same hash, so editing this script
+# The image carries the label org.matrix-ansible.build-hash=<hash of this script and lib.sh>;
+# the cache file .cache/images/<name>-<hash>.tar.gz has the same hash, so editing either
 # rebuilds the image instead of reusing a stale one.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -29,7 +29,8 @@ MASK_UNITS="systemd-udevd.service systemd-udevd-control.socket systemd-udevd-ker
   systemd-remount-fs.service systemd-modules-load.service systemd-firstboot.service
   apt-daily.timer apt-daily-upgrade.timer"
 
-BUILD_HASH="$(sha256sum "$0" | cut -c1-12)"
+# The image is built by this script and the helpers it sources: both make the hash.
+BUILD_HASH="$(cat "$0" "$(dirname "$0")/lib.sh" | sha256sum | cut -c1-12)"
 IMAGES_DIR="${CACHE_DIR}/images"
 CACHE_PREFIX="${IMAGES_DIR}/$(printf '%s' "$IMAGE" | tr '/:' '__')"
 CACHE_FILE="${CACHE_PREFIX}-${BUILD_HASH}.tar.gz"
@@ -79,47 +80,7 @@ fi
 need_root
 apt_install debootstrap debian-archive-keyring
 
-# Print "URI SUITE COMPONENTS..." for every enabled `deb` entry of the host's apt sources
-# (deb822 *.sources and one-line sources.list / *.list).
-host_apt_entries() {
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -f "$f" ] || continue
-    awk '
-      function flush() {
-        if (types ~ /(^| )deb( |$)/ && enabled != "no" && uris != "" && suites != "") {
-          nu = split(uris, u, " "); ns = split(suites, s, " ")
-          for (i = 1; i <= nu; i++) for (j = 1; j <= ns; j++) print u[i], s[j], comps
-        }
-        types = uris = suites = comps = enabled = ""; key = ""
-      }
-      /^[ \t]*#/ { next }
-      /^[ \t]*$/ { flush(); next }
-      /^[ \t]/ { v = $0; sub(/^[ \t]+/, "", v)
-                 if (key == "uris") uris = uris " " v
-                 else if (key == "suites") suites = suites " " v
-                 else if (key == "components") comps = comps " " v
-                 next }
-      {
-        key = tolower($0); sub(/:.*/, "", key)
-        v = $0; sub(/^[^:]*:[ \t]*/, "", v)
-        if (key == "types") types = v
-        else if (key == "uris") uris = v
-        else if (key == "suites") suites = v
-        else if (key == "components") comps = v
-        else if (key == "enabled") enabled = tolower(v)
-      }
-      END { flush() }
-    ' "$f"
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -f "$f" ] || continue
-    # deb [options] URI SUITE COMPONENTS...
-    sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && NF >= 3 {
-      line = $2 " " $3; for (i = 4; i <= NF; i++) line = line " " $i; print line }'
-  done
-}
-
+# host_apt_entries (scripts/lib.sh): "URI SUITE COMPONENTS..." of the host's enabled deb entries.
 ENTRIES="$(host_apt_entries | awk -v want=" ${IMAGE_SUITES} " 'index(want, " " $2 " ") > 0')"
 MIRROR="$(printf '%s\n' "$ENTRIES" | awk -v s="$SUITE" '$2 == s { print $1; exit }')"
 [ -n "$MIRROR" ] || die "no '${SUITE}' entry found in the host's apt sources (/etc/apt/sources.list[.d])"

@@ -48,8 +48,7 @@ docker_answers() {
 
 # host_apt_entries: print "URI SUITE COMPONENTS..." for every enabled `deb` entry of the host's
 # apt sources (deb822 *.sources and one-line sources.list / *.list), so that images use the same
-# mirrors as the host without a mirror name in the repository. (scripts/build-base-image.sh keeps
-# its own copy: moving it here would change that script's build hash and rebuild the image.)
+# mirrors as the host without a mirror name in the repository (the container and VM images).
 host_apt_entries() {
   local f
   for f in /etc/apt/sources.list.d/*.sources; do
