@@ -112,7 +112,8 @@ cat >"$ROOTFS/etc/fstab" <<'FSTAB'
 FSTAB
 
 # --- Network: systemd-networkd, DHCP from QEMU's user-mode network (10.0.2.0/24; the host is
-# 10.0.2.2, QEMU's DNS forwarder 10.0.2.3).
+# 10.0.2.2, QEMU's DNS forwarder 10.0.2.3), unless scripts/vm.sh hands a static configuration
+# through fw_cfg (a tap NIC on a bridge): vm-firstboot writes it as 05-fw-cfg.network, read first.
 mkdir -p "$ROOTFS/etc/systemd/network"
 cat >"$ROOTFS/etc/systemd/network/10-vm.network" <<'NET'
 [Match]
@@ -160,8 +161,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 SSHD
 
-# --- First boot: the per-run admin key and the hostname from QEMU's fw_cfg (scripts/vm.sh), new
-# ssh host keys (the image carries none).
+# --- First boot: the per-run admin key, the hostname and the network from QEMU's fw_cfg
+# (scripts/vm.sh), new ssh host keys (the image carries none).
 rm -f "$ROOTFS"/etc/ssh/ssh_host_*
 cat >"$ROOTFS/usr/local/sbin/vm-firstboot" <<FIRSTBOOT
 #!/bin/sh
@@ -174,6 +175,10 @@ if [ -r "\$fw/authorized_keys/raw" ]; then
   cat "\$fw/authorized_keys/raw" >/home/${ADMIN_USER}/.ssh/authorized_keys
   chown ${ADMIN_USER}:${ADMIN_USER} /home/${ADMIN_USER}/.ssh/authorized_keys
   chmod 0600 /home/${ADMIN_USER}/.ssh/authorized_keys
+fi
+if [ -r "\$fw/network/raw" ]; then
+  cat "\$fw/network/raw" >/etc/systemd/network/05-fw-cfg.network
+  chmod 0644 /etc/systemd/network/05-fw-cfg.network
 fi
 if [ -r "\$fw/hostname/raw" ]; then
   name=\$(tr -cd 'A-Za-z0-9.-' <"\$fw/hostname/raw")
@@ -190,7 +195,7 @@ FIRSTBOOT
 chmod 0755 "$ROOTFS/usr/local/sbin/vm-firstboot"
 cat >"$ROOTFS/etc/systemd/system/vm-firstboot.service" <<'UNIT'
 [Unit]
-Description=Test VM first boot: admin key and hostname from fw_cfg, new ssh host keys
+Description=Test VM first boot: admin key, hostname and network from fw_cfg, new ssh host keys
 After=local-fs.target
 Before=network-pre.target ssh.service
 Wants=network-pre.target

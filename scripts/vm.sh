@@ -4,25 +4,30 @@
 #
 #   scripts/vm.sh start NAME DIR PUBKEY   boot VM NAME: overlay, pidfile, console log in DIR;
 #                                         PUBKEY becomes the admin's authorized_keys (fw_cfg).
-#                                         Prints key=value lines: pid, ssh_port, service_address.
-#                                         A VM already running from DIR is left as it is.
+#                                         Prints key=value lines: pid, ssh_address, ssh_port,
+#                                         address, image. A VM already running from DIR is left
+#                                         as it is.
 #   scripts/vm.sh stop DIR                stop the VM started in DIR (by its pidfile)
 #   scripts/vm.sh status DIR              exit 0 when the VM of DIR runs
 #
-# Settings (environment): VM_MEMORY (MiB, 2048), VM_CPUS (2), VM_FORWARDS (the guest services
-# reachable from the controller, default "tcp:80 tcp:443 tcp:8448 tcp:3478 udp:3478 tcp:5349").
-#
-# Network: QEMU's user-mode NIC (the guest is 10.0.2.15; connections from the host arrive from
-# 10.0.2.2). SSH is forwarded from 127.0.0.1:<free port>. The service ports are forwarded with
-# their own numbers from a loopback address of the VM's own (127.77.0.N, every 127/8 address is
-# local on Linux), so that clients on the controller reach https://<that address>:443 unchanged.
+# Settings (environment): VM_MEMORY (MiB, 2048), VM_CPUS (2), and the network:
+#   VM_BRIDGE, VM_ADDRESS (CIDR), VM_GATEWAY   a tap NIC on that host bridge (the Molecule VM
+#       scenarios use a Docker network's bridge, whose NAT gives the VM the host's way to the
+#       package mirrors), with this static address (handed to the guest through fw_cfg). The VM
+#       is then a host of a private network like the test containers: the controller reaches
+#       every port of it, ssh included, at VM_ADDRESS, and the VM sees the controller as its
+#       gateway. The tap is deleted by `stop`.
+#   none of them (by hand)   QEMU's user-mode NIC: the guest is 10.0.2.15 behind NAT, only ssh
+#       is reachable, forwarded from 127.0.0.1:<free port>.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 VM_MEMORY="${VM_MEMORY:-2048}"
 VM_CPUS="${VM_CPUS:-2}"
-VM_FORWARDS="${VM_FORWARDS:-tcp:80 tcp:443 tcp:8448 tcp:3478 udp:3478 tcp:5349}"
+VM_BRIDGE="${VM_BRIDGE:-}"
+VM_ADDRESS="${VM_ADDRESS:-}"
+VM_GATEWAY="${VM_GATEWAY:-}"
 # Kernel command line: AppArmor and audit on from the start (kernel-level controls are what the
 # VMs are for).
 VM_APPEND="root=/dev/vda rw console=ttyS0 apparmor=1 security=apparmor audit=1"
@@ -57,22 +62,13 @@ free_ssh_port() {
   die "no free port for ssh found"
 }
 
-# A loopback address none of whose forwarded ports is taken (another VM, a local service).
-free_service_address() {
-  local n address fwd busy
-  for n in $(seq 2 254); do
-    address="127.77.0.${n}"
-    busy=0
-    for fwd in $VM_FORWARDS; do
-      if listening "${fwd%%:*}" "$address" "${fwd#*:}"; then busy=1; break; fi
-    done
-    [ "$busy" -eq 0 ] && { printf '%s\n' "$address"; return 0; }
-  done
-  die "no free loopback address for the service ports"
+# The tap device of the VM started from DIR: a stable name of at most 15 characters.
+tap_name() {
+  printf 'mvt%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-10)"
 }
 
 cmd_start() {
-  local name="$1" dir="$2" pubkey="$3" image pid ssh_port address hostfwd fwd
+  local name="$1" dir="$2" pubkey="$3" image pid ssh_address ssh_port address tap netdev
   [ -r "$pubkey" ] || die "public key ${pubkey} not readable"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
@@ -90,17 +86,38 @@ cmd_start() {
   rm -f "${dir}/overlay.qcow2" "${dir}/console.log" "${dir}/qemu.pid"
   qemu-img create -q -f qcow2 -F qcow2 -b "${image}/base.qcow2" "${dir}/overlay.qcow2"
 
-  # Ports are picked and bound under one lock, so that concurrent starts do not pick the same.
-  exec 8>"${CACHE_DIR}/vm/.ports.lock"
-  flock 8
-  ssh_port="$(free_ssh_port)"
-  address="$(free_service_address)"
-  hostfwd="hostfwd=tcp:127.0.0.1:${ssh_port}-:22"
-  for fwd in $VM_FORWARDS; do
-    hostfwd="${hostfwd},hostfwd=${fwd%%:*}:${address}:${fwd#*:}-:${fwd#*:}"
-  done
   printf '%s' "$name" >"${dir}/hostname"
-  log "starting VM ${name}: ssh 127.0.0.1:${ssh_port}, services ${address} (${VM_FORWARDS})"
+  netdev=()
+  if [ -n "$VM_BRIDGE" ]; then
+    if [ -z "$VM_ADDRESS" ] || [ -z "$VM_GATEWAY" ]; then
+      die "VM_BRIDGE needs VM_ADDRESS (CIDR) and VM_GATEWAY"
+    fi
+    ip link show "$VM_BRIDGE" >/dev/null 2>&1 || die "bridge ${VM_BRIDGE} does not exist"
+    tap="$(tap_name "$dir")"
+    ip link del "$tap" 2>/dev/null || true
+    ip tuntap add dev "$tap" mode tap
+    ip link set "$tap" master "$VM_BRIDGE"
+    ip link set "$tap" up
+    printf '%s\n' "$tap" >"${dir}/tap"
+    # systemd-networkd reads it before its DHCP default (vm-firstboot, build-vm-image.sh).
+    printf '[Match]\nName=en* eth*\n\n[Network]\nAddress=%s\nGateway=%s\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+      "$VM_ADDRESS" "$VM_GATEWAY" >"${dir}/network"
+    netdev=(-netdev "tap,id=net0,ifname=${tap},script=no,downscript=no"
+            -fw_cfg "name=${FW_PREFIX}/network,file=${dir}/network")
+    ssh_address="${VM_ADDRESS%/*}"
+    ssh_port=22
+    address="$ssh_address"
+  else
+    # The ssh port is picked and bound under one lock, so that concurrent starts do not pick the
+    # same.
+    exec 8>"${CACHE_DIR}/vm/.ports.lock"
+    flock 8
+    ssh_address=127.0.0.1
+    ssh_port="$(free_ssh_port)"
+    address=10.0.2.15
+    netdev=(-netdev "user,id=net0,hostfwd=tcp:127.0.0.1:${ssh_port}-:22")
+  fi
+  log "starting VM ${name}: ssh ${ssh_address}:${ssh_port}"
   # cache=unsafe: a throw-away test disk; guest flushes are not worth their cost under TCG.
   qemu-system-x86_64 \
     -name "$name" \
@@ -109,7 +126,7 @@ cmd_start() {
     -cpu max -m "$VM_MEMORY" -smp "$VM_CPUS" \
     -kernel "${image}/vmlinuz" -initrd "${image}/initrd.img" -append "$VM_APPEND" \
     -drive "file=${dir}/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
-    -netdev "user,id=net0,${hostfwd}" -device virtio-net-pci,netdev=net0 \
+    "${netdev[@]}" -device virtio-net-pci,netdev=net0 \
     -object rng-random,filename=/dev/urandom,id=rng0 -device virtio-rng-pci,rng=rng0 \
     -fw_cfg "name=${FW_PREFIX}/authorized_keys,file=${pubkey}" \
     -fw_cfg "name=${FW_PREFIX}/hostname,file=${dir}/hostname" \
@@ -119,7 +136,8 @@ cmd_start() {
     || { cat "${dir}/qemu.log" >&2; die "QEMU failed to start ${name}"; }
   exec 8>&-
   pid="$(vm_pid "$dir")" || die "QEMU did not stay up (see ${dir}/console.log)"
-  printf 'pid=%s\nssh_port=%s\nservice_address=%s\nimage=%s\n' "$pid" "$ssh_port" "$address" "$image" \
+  printf 'pid=%s\nssh_address=%s\nssh_port=%s\naddress=%s\nimage=%s\n' \
+    "$pid" "$ssh_address" "$ssh_port" "$address" "$image" \
     | tee "${dir}/vm.env"
 }
 
@@ -137,6 +155,10 @@ cmd_stop() {
     if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
   fi
   rm -f "${dir}/qemu.pid"
+  if [ -s "${dir}/tap" ]; then
+    ip link del "$(cat "${dir}/tap")" 2>/dev/null || true
+    rm -f "${dir}/tap"
+  fi
 }
 
 case "${1:-}" in

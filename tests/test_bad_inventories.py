@@ -186,6 +186,20 @@ CASES = {
         _with(synapse_encryption_enabled_by_default_for_room_type="sometimes"),
         "synapse_encryption_enabled_by_default_for_room_type",
     ),
+    "service map naming a group the inventory lacks": (
+        _with(matrix_services_extra=[{"name": "node-exporter", "groups": ["matrix_proxys"], "protocol": "tcp",
+                                      "ports": [9100], "from_groups": [], "from_networks": ["10.20.40.0/24"]}]),
+        "names unknown inventory group(s) matrix_proxys",
+    ),
+    "service map network not in CIDR form": (
+        _with(matrix_services_extra=[{"name": "node-exporter", "groups": ["matrix"], "protocol": "tcp",
+                                      "ports": [9100], "from_groups": [], "from_networks": ["10.20.40.0"]}]),
+        'neither "any" nor in CIDR form: 10.20.40.0',
+    ),
+    "baseline waiver of an unknown control": (
+        _with(hardening_waivers=[{"id": "HARD-SSH-99", "reason": "tested elsewhere, see ticket 42"}]),
+        'hardening_waivers: unknown control ID "HARD-SSH-99"',
+    ),
     "Element on the homeserver's host name": (
         _with(matrix_element_fqdn="matrix.example.gouv.fr"),
         "Element web needs its own host name",

@@ -1,4 +1,4 @@
-"""Shared fixtures of the full-stack scenarios (default, multi-host, staging).
+"""Shared fixtures of the full-stack scenarios (default, multi-host, vm, staging).
 
 Hosts are taken from Molecule's inventory by function group, so the same
 checks serve one host or four. The controller (where pytest runs) is the
@@ -33,11 +33,16 @@ def hosts_of(group):
 
 
 def server(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    """The host as root: a host reached over ssh as an unprivileged admin account (the VM
+    scenarios) runs the checks through sudo, as the playbooks do with become."""
+    spec = f"ansible://{name}?ansible_inventory={INVENTORY}"
+    if RUNNER.get_variables(name).get("ansible_user", "root") != "root":
+        spec += "&sudo=true"
+    return testinfra.get_host(spec)
 
 
 def address_of(name):
-    """The host's address on the private (Docker) network."""
+    """The host's address on the private network (Docker's, or the VMs' bridge)."""
     return server(name).check_output("hostname -I").split()[0]
 
 

@@ -226,7 +226,7 @@ class Checker:
         if code != 0:
             res.problems.append(f"auditctl -l: {err.strip()[:200]}")
             return
-        missing = [key for key in keys if not re.search(rf"(-k|key=){re.escape(key)}\b", out)]
+        missing = [key for key in keys if not re.search(rf"(-k |key=){re.escape(key)}(\s|$)", out)]
         if missing:
             res.problems.append("rules not loaded for keys: " + ", ".join(missing))
         else:
