@@ -140,7 +140,7 @@ def test_sudo_policy_is_valid_and_logs_every_command(target):
 
 
 def test_kernel_settings_are_written_and_the_waived_one_is_left_out(target):
-    text = target.file("/etc/sysctl.d/90-hardening.conf").content_string
+    text = target.file("/etc/sysctl.d/99-zz-hardening.conf").content_string
     for line in ["kernel.kptr_restrict = 2", "kernel.dmesg_restrict = 1", "kernel.yama.ptrace_scope = 2",
                  "kernel.unprivileged_bpf_disabled = 1", "fs.protected_regular = 2", "fs.suid_dumpable = 0",
                  "net.ipv4.conf.all.rp_filter = 1", "net.ipv4.conf.all.accept_redirects = 0",

@@ -44,7 +44,7 @@ def test_sshd_accepts_keys_only_and_no_root(name):
 
 @pytest.mark.parametrize("name", HOSTS)
 def test_kernel_settings_are_on_disk(name):
-    lines = server(name).file("/etc/sysctl.d/90-hardening.conf").content_string.splitlines()
+    lines = server(name).file("/etc/sysctl.d/99-zz-hardening.conf").content_string.splitlines()
     assert "kernel.kptr_restrict = 2" in lines
     assert "fs.suid_dumpable = 0" in lines
     assert "net.ipv4.conf.all.rp_filter = 1" in lines

@@ -327,12 +327,20 @@ class Checker:
                 res.skipped.append(self.container_reason(
                     f"{spec['path']} is a {mount[0]} mount provided by the container runtime "
                     f"({','.join(sorted(mount[1] & {'nodev', 'nosuid', 'noexec', 'exec', 'dev', 'suid'}))}), not the host's "
-                    "to remount; the role's tmp.mount applies on VMs and bare metal"))
+                    "to remount; the role's mount applies on VMs and bare metal"))
             else:
                 res.skipped.append(self.container_reason(f"{spec['path']} mount (mounts are the container runtime's)"))
             return
-        if not os.path.exists(spec["unit"]):
+        if spec.get("unit") and not os.path.exists(spec["unit"]):
             res.problems.append(f"{spec['unit']} missing")
+        if spec.get("fstab"):
+            entries = [line.split() for line in (read("/etc/fstab") or "").splitlines()
+                       if line.strip() and not line.lstrip().startswith("#")]
+            entry = next((e for e in entries if len(e) >= 4 and e[1] == spec["path"]), None)
+            if entry is None:
+                res.problems.append(f"/etc/fstab has no entry for {spec['path']} (lost at the next boot)")
+            elif [o for o in spec["options"] if o not in entry[3].split(",")]:
+                res.problems.append(f"/etc/fstab mounts {spec['path']} with {entry[3]}")
         if not mount:
             res.problems.append(f"{spec['path']} is not a mount point")
             return
