@@ -36,6 +36,16 @@ def baseline(host):
     return {result["id"]: result for result in fact["audit"]}
 
 
+def baseline_sysctls(host):
+    """{key: value} of the baseline's sysctl.d file, values with their blanks normalised."""
+    wanted = {}
+    for line in host.file(SYSCTL_FILE).content_string.splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";")):
+            key, value = (part.strip() for part in line.split("=", 1))
+            wanted[key] = " ".join(value.split())
+    return wanted
+
+
 def ssh_from_controller(instance, user, command, identity=None):
     """Run `command` over ssh from the controller, as the operator's workstation would."""
     return subprocess.run(
@@ -77,11 +87,7 @@ def test_every_baseline_control_applies_here(baseline):
 
 def test_every_baseline_sysctl_is_in_force_in_the_running_kernel(host):
     # Each `key = value` of the baseline's sysctl.d file, read back from the live kernel.
-    wanted = {}
-    for line in host.file(SYSCTL_FILE).content_string.splitlines():
-        if "=" in line and not line.lstrip().startswith(("#", ";")):
-            key, value = (part.strip() for part in line.split("=", 1))
-            wanted[key] = " ".join(value.split())
+    wanted = baseline_sysctls(host)
     assert "kernel.kptr_restrict" in wanted and "net.ipv4.conf.all.rp_filter" in wanted
     with host.sudo():
         live = {key: " ".join(host.check_output(f"sysctl -n {key}").split()) for key in wanted}
@@ -159,11 +165,7 @@ def test_the_baseline_holds_after_a_reboot(host, instance):
     """The last test of this file: the VM reboots. What the role applied at run time must come
     back from the files it wrote: every sysctl (systemd-sysctl reads the baseline's file after
     the packages' own), /tmp, the audit rules in the kernel and the firewall."""
-    wanted = {}
-    for line in host.file(SYSCTL_FILE).content_string.splitlines():
-        if "=" in line and not line.lstrip().startswith(("#", ";")):
-            key, value = (part.strip() for part in line.split("=", 1))
-            wanted[key] = " ".join(value.split())
+    wanted = baseline_sysctls(host)
     boot_id = host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
     host.run("sudo -n systemctl reboot")
     deadline = time.monotonic() + 900
