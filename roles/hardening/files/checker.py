@@ -222,6 +222,9 @@ class Checker:
         code, out, _ = run(["systemctl", "is-active", "auditd.service"])
         if out.strip() != "active":
             res.problems.append(f"auditd.service is {out.strip()}")
+        code, status, _ = run(["auditctl", "-s"])
+        if code == 0 and re.search(r"^enabled 0$", status, re.M):
+            res.problems.append("the kernel's auditing is off (auditctl -s: enabled 0)")
         code, out, err = run(["auditctl", "-l"])
         if code != 0:
             res.problems.append(f"auditctl -l: {err.strip()[:200]}")
