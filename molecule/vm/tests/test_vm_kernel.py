@@ -125,6 +125,15 @@ def test_auditd_has_loaded_the_baseline_rules_into_the_kernel(host):
     assert "/etc/passwd" in rules and "/etc/sudoers" in rules
 
 
+def test_auditing_stays_on_when_journald_restarts(host):
+    # journald sets the kernel's auditing as its Audit= says whenever it starts (Debian: off).
+    # A journald restart (its settings changed, a systemd upgrade) must not stop the records.
+    with host.sudo():
+        host.check_output("systemctl restart systemd-journald.service")
+        status = host.check_output("auditctl -s")
+    assert "enabled 1" in status or "enabled 2" in status
+
+
 def test_tmp_is_a_tmpfs_without_devices_setuid_or_exec(host):
     mount = host.mount_point("/tmp")
     assert mount.filesystem == "tmpfs"
