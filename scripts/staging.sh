@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local staging: four Debian 12 containers running systemd (database,
-# homeserver, TURN, proxy), deployed with playbooks/site.yml and the
+# Local staging: five Debian 12 containers running systemd (database,
+# homeserver, TURN, proxy, backup), deployed with playbooks/site.yml and the
 # inventory inventories/staging.
 #   scripts/staging.sh up       create the containers (if needed) and deploy
 #   scripts/staging.sh deploy   deploy again (after a change)

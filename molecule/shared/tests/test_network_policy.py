@@ -53,7 +53,7 @@ def _fact(name):
 def hosts():
     # Molecule's inventory file names the function groups only (the parent
     # group `matrix` comes from the linked hosts.yml).
-    return sorted({h for g in SERVER_GROUPS + ("matrix_turn",) for h in hosts_of(g)})
+    return sorted({h for g in SERVER_GROUPS + ("matrix_turn", "matrix_backup") for h in hosts_of(g)})
 
 
 @pytest.fixture(scope="module")
@@ -159,10 +159,12 @@ def test_postgresql_only_from_the_homeserver_hosts(matrix):
 
 
 def test_ssh_only_from_the_admin_networks(matrix, hosts):
-    # The scenarios' admin network is the controller alone (10-molecule.yml).
+    # The scenarios' admin network is the controller alone (10-molecule.yml); the backup host
+    # also lets the homeserver in (its SFTP repository, service map item backup-sftp).
     for name in hosts:
         others = [s for s in reachable_from(matrix, name, "tcp", 22) if s != name]
-        assert others == [CONTROLLER]
+        backups = hosts_of("matrix_homeserver") if name in hosts_of("matrix_backup") else []
+        assert others == sorted([CONTROLLER] + backups)
 
 
 def test_public_ports_from_everyone(matrix, hosts, relay_port):
