@@ -71,6 +71,7 @@ def _valid_settings():
         "matrix_tls_ca_bundle": DB_CHAIN,
         "matrix_synapse_database_password": secrets.token_urlsafe(36),
         "matrix_turn_shared_secret": secrets.token_urlsafe(36),
+        "matrix_backup_repository_password": secrets.token_urlsafe(36),
         "synapse_registration_shared_secret": secrets.token_urlsafe(36),
         "synapse_macaroon_secret_key": secrets.token_urlsafe(36),
         "synapse_form_secret": secrets.token_urlsafe(36),
@@ -180,6 +181,14 @@ CASES = {
     "extension rule turned off in production": (
         _with(synapse_config_extension_strict=False),
         "synapse_config_extension_strict cannot be false in production",
+    ),
+    "backup repository not a path": (
+        _with(backup_repository="backups/matrix"),
+        "backup_repository must be an absolute path or sftp:USER@HOST:/PATH",
+    ),
+    "backup repository key too short": (
+        _with(matrix_backup_repository_password="x" * 20),
+        "The backup repository key (backup_repository_password) must have at least 32 characters",
     ),
     "staging CA in production": (_with(matrix_tls_mode="internal_ca"), "the internal staging CA is refused in production"),
     "role argument out of its choices": (
@@ -337,6 +346,7 @@ def test_staging_lists_the_extension_keys_without_refusing_them(tmp_path):
 SECRET_KEYS = [
     "matrix_synapse_database_password",
     "matrix_turn_shared_secret",
+    "matrix_backup_repository_password",
     "synapse_registration_shared_secret",
     "synapse_macaroon_secret_key",
     "synapse_form_secret",
