@@ -136,6 +136,20 @@ def test_synapse_runs_sandboxed_as_its_own_user(name):
 
 
 @pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_runs_the_pinned_release_with_room_for_migrations(name):
+    # The live release is the one `current` points at; only it (and, after an upgrade, the
+    # previous one) is kept; a start may take 30 minutes (schema migrations), not systemd's 90 s.
+    hs = server(name)
+    live = hs.check_output("readlink -f /opt/synapse/current")
+    version = hs.check_output("/opt/synapse/current/bin/python -c 'import synapse; print(synapse.__version__)'")
+    assert live == f"/opt/synapse/venvs/{version}"
+    releases = hs.check_output("find /opt/synapse/venvs -mindepth 1 -maxdepth 1 -type d").split()
+    previous = hs.run("readlink -e /opt/synapse/previous").stdout.strip()
+    assert sorted(releases) == sorted({live} | ({previous} if previous else set()))
+    assert hs.check_output("systemctl show -p TimeoutStartUSec --value matrix-synapse") == "30min"
+
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
 def test_synapse_listens_only_on_loopback_or_the_private_address(name):
     hs = server(name)
     listening = [s for s in hs.socket.get_listening_sockets() if s.endswith(":8008")]
