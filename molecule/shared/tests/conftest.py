@@ -41,6 +41,11 @@ def server(name):
     return testinfra.get_host(spec)
 
 
+def journal(name, unit, lines=40):
+    """The unit's last journal lines on the host (for failure messages)."""
+    return server(name).run("journalctl -u %s -n %s --no-pager", unit, str(lines)).stdout
+
+
 def address_of(name):
     """The host's address on the private network (Docker's, or the VMs' bridge)."""
     return server(name).check_output("hostname -I").split()[0]

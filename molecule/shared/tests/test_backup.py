@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import first, hosts_of, server
+from conftest import first, hosts_of, journal, server
 
 import matrix_e2e as e2e  # noqa: E402 (tests/e2e, put on the path by conftest)
 from test_matrix_e2e import config, http, run, users  # noqa: F401 (the shared client fixtures)
@@ -29,10 +29,6 @@ CONFIG_DIR = "/etc/matrix-synapse"
 MEDIA = "/var/lib/matrix-synapse/media_store"
 LOCAL_REPOSITORY = "/var/backups/matrix/restic"
 REMOTE_REPOSITORIES = "/srv/matrix-backup/repositories"
-
-
-def journal(host, lines=40):
-    return host.run("journalctl --unit=matrix-backup.service --no-pager --output=cat --lines=%s", str(lines)).stdout
 
 
 def start_backup(host):
@@ -60,7 +56,7 @@ def uploaded(config, users, run, http):  # noqa: F811 (fixtures)
 def snapshot(homeserver, uploaded):
     """The backup run of this module: (last-success record, {path in the snapshot})."""
     code, state = start_backup(homeserver)
-    assert code == 0 and state == "success", f"backup failed ({state}):\n{journal(homeserver)}"
+    assert code == 0 and state == "success", f"backup failed ({state}):\n{journal(HOMESERVER, 'matrix-backup')}"
     last = json.loads(homeserver.file(LAST).content_string)
     listing = homeserver.check_output("matrix-backup restic ls --json %s", last["snapshot_id"])
     paths = set()
@@ -188,7 +184,7 @@ def test_a_failed_backup_is_visible_and_the_last_good_one_still_reported(homeser
     assert f"last good snapshot: {last['snapshot_id'][:8]}" in status
     # The next run succeeds again, by itself.
     code, state = start_backup(homeserver)
-    assert code == 0 and state == "success", journal(homeserver)
+    assert code == 0 and state == "success", journal(HOMESERVER, "matrix-backup")
 
 
 def test_the_backup_unit_is_sandboxed(homeserver):

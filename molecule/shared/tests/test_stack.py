@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import address_of, first, hosts_of, server
+from conftest import address_of, first, hosts_of, journal, server
 
 # A PostgreSQL startup packet (protocol 3.0): the server answers "R" (asks for
 # authentication) when pg_hba.conf accepts the client address, "E" (error,
@@ -49,10 +49,6 @@ def local_pg_probe(address):
     import sys
 
     return subprocess.run([sys.executable, "-c", PG_PROBE, address], capture_output=True, text=True, check=True).stdout
-
-
-def journal(name, unit):
-    return server(name).run("journalctl -u %s -n 40 --no-pager", unit).stdout
 
 
 @pytest.fixture(scope="module")
