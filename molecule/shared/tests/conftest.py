@@ -7,6 +7,8 @@ network, as a client or an attacker on the network would.
 """
 import os
 import pathlib
+import re
+import subprocess
 import sys
 
 import pytest
@@ -44,6 +46,29 @@ def server(name):
 def journal(name, unit, lines=40):
     """The unit's last journal lines on the host (for failure messages)."""
     return server(name).run("journalctl -u %s -n %s --no-pager", unit, str(lines)).stdout
+
+
+def run_playbook(playbook, *extra, check=False):
+    """ansible-playbook playbooks/<playbook> on this scenario's hosts, with Molecule's settings
+    (its ansible.cfg and inventory), as an operator runs it: the finished process."""
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", PY_COLORS="0")
+    config = EPHEMERAL / "ansible.cfg"
+    if config.is_file():
+        env["ANSIBLE_CONFIG"] = str(config)
+    argv = ["ansible-playbook", "-i", str(pathlib.Path(INVENTORY).parent), str(REPO / "playbooks" / playbook), *extra]
+    if check:
+        argv.append("--check")
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+
+
+def recap(output):
+    """{host: {ok: n, changed: n, ...}} from the PLAY RECAP."""
+    hosts = {}
+    for line in output.split("PLAY RECAP")[-1].splitlines():
+        match = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+        if match:
+            hosts[match[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match[2])}
+    return hosts
 
 
 def address_of(name):

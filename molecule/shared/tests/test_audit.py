@@ -19,7 +19,7 @@ import zlib
 
 import pytest
 
-from conftest import EPHEMERAL, INVENTORY, REPO, hosts_of, server
+from conftest import REPO, hosts_of, recap, run_playbook, server
 
 LYNIS = os.environ.get("MATRIX_AUDIT_LYNIS", "1") != "0"
 # The Lynis hardening index every host must reach: set by the VM scenario (a real kernel, where
@@ -47,23 +47,7 @@ def all_hosts():
 
 
 def run_audit(report_root, *extra):
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", PY_COLORS="0")
-    config = EPHEMERAL / "ansible.cfg"
-    if config.is_file():
-        env["ANSIBLE_CONFIG"] = str(config)
-    argv = ["ansible-playbook", "-i", str(pathlib.Path(INVENTORY).parent), str(REPO / "playbooks" / "audit.yml"),
-            "--check", "-e", f"audit_report_root={report_root}", *extra]
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
-
-
-def recap(output):
-    """{host: {ok: n, changed: n, ...}} from the PLAY RECAP."""
-    hosts = {}
-    for line in output.split("PLAY RECAP")[-1].splitlines():
-        match = re.match(r"^(\S+)\s+:\s+(.*)$", line)
-        if match:
-            hosts[match[1]] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match[2])}
-    return hosts
+    return run_playbook("audit.yml", "-e", f"audit_report_root={report_root}", *extra, check=True)
 
 
 def report_dirs(root):
