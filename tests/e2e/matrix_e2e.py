@@ -380,8 +380,12 @@ async def exchange_encrypted_message(
     text: str,
     timeout: float = 90,
     key_wait: float = 15,
+    keep_room: bool = False,
 ) -> EncryptedExchange:
     """A creates an encrypted room, invites B, B joins, A sends ``text``.
+
+    Both leave and forget the room afterwards, unless ``keep_room`` (a drill
+    reads the message again later: ``read_encrypted_event``).
 
     Trust: A verifies B's current device only after checking that the ed25519
     key the homeserver published for it is the key B's own client holds (an
@@ -523,8 +527,27 @@ async def exchange_encrypted_message(
         )
     finally:
         # Keep the test accounts tidy across runs.
-        for client in (recipient, sender):
-            await _leave_and_forget(client, room_id)
+        if not keep_room:
+            for client in (recipient, sender):
+                await _leave_and_forget(client, room_id)
+
+
+async def read_encrypted_event(client: AsyncClient, room_id: str, event_id: str) -> str:
+    """The text of an encrypted event fetched again from the homeserver
+    (GET /rooms/{room}/event/{event}) and decrypted with the keys in the
+    client's own store; CheckError if it is gone or does not decrypt."""
+    response = await rate_limited_call(client.room_get_event, room_id, event_id)
+    event = getattr(response, "event", None)
+    if event is None:
+        raise CheckError(f"{client.user}: event {event_id} not served: {_describe(response)}")
+    if isinstance(event, MegolmEvent):
+        try:
+            event = client.decrypt_event(event)
+        except EncryptionError as exc:
+            raise CheckError(f"{client.user}: event {event_id} does not decrypt: {exc}") from exc
+    if not isinstance(event, RoomMessageText):
+        raise CheckError(f"{client.user}: event {event_id} is a {type(event).__name__}, not a text message")
+    return event.body
 
 
 async def _leave_and_forget(client: AsyncClient, room_id: str) -> None:

@@ -102,6 +102,18 @@ def pytest_configure(config):
     os.environ.update(_e2e_environment())
 
 
+# The drills change the stack: the upgrade drill runs first (every other check then sees the
+# upgraded stack), the restore drill last (the checks before it see the stack it restores).
+FIRST, LAST = ("test_upgrade.py",), ("test_restore.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return 0 if name in FIRST else 2 if name in LAST else 1
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def credentials():
     return CREDENTIALS

@@ -6,11 +6,11 @@ One module fixture runs the whole drill, in order:
 2. Two restores that must be refused before any host is changed: over the live database, and
    from a snapshot that does not exist.
 3. The homeserver's data is destroyed: its Synapse database is dropped on the database host, and
-   on the homeserver Synapse's configuration, signing key, media, and the backup settings, key and
-   state are deleted (as on a new machine).
+   on the homeserver Synapse's releases, configuration, signing key and media, and the backup's
+   settings, SSH key and state are deleted (as on a new machine).
 4. playbooks/restore.yml, timed, from the inventory alone.
-The checks then compare the stack before and after. Every test file that runs after this one
-checks the restored stack.
+The checks then compare the stack before and after. conftest.py runs this file last: the other
+test files check the stack that the drill destroys and restores.
 
 The drill destroys data, so it runs only where the scenario asks for it (MATRIX_RESTORE_DRILL=1:
 multi-host, where the repository is on the backup host over SFTP).
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("MATRIX_RESTORE_DRILL") != "1",
 HOMESERVER = first("matrix_homeserver")
 DATABASE = first("matrix_db")
 SIGNING_KEY = "/etc/matrix-synapse/signing.key"
-# What a lost homeserver loses: Synapse's configuration, keys and data, and the backup's
-# settings, SSH key and state (the repository password is in the inventory).
-LOST = "/etc/matrix-synapse /var/lib/matrix-synapse /etc/matrix-backup /var/lib/matrix-backup"
+# What a lost homeserver loses: Synapse's releases, configuration, keys and data, and the
+# backup's settings, SSH key and state (the repository password is in the inventory).
+LOST = "/opt/synapse /etc/matrix-synapse /var/lib/matrix-synapse /etc/matrix-backup /var/lib/matrix-backup"
 
 
 async def api(http, config, method, path, token, body=None):  # noqa: F811 (fixtures)
@@ -64,7 +64,7 @@ def table_count(homeserver):
 
 @pytest.fixture(scope="module")
 def drill(config, users, run, http):  # noqa: F811 (fixtures)
-    alice, _ = users.require()
+    alice, bob = users.require()
     token = alice.access_token
     homeserver = server(HOMESERVER)
     created = run(api(http, config, "POST", "/createRoom", token, {"name": "restore drill", "preset": "private_chat"}))
@@ -74,6 +74,8 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     before["event"] = send(run, http, config, token, room, before["text"])
     before["file"] = os.urandom(256 * 1024)
     before["mxc"] = run(e2e.upload_media(http, config, token, before["file"], "restore-drill.bin"))
+    before["secret"] = e2e.random_text("encrypted-before-backup")
+    before["exchange"] = run(e2e.exchange_encrypted_message(alice, bob, http, before["secret"], keep_room=True), timeout=150)
     before["signing_key"] = homeserver.check_output("sha256sum %s", SIGNING_KEY).split()[0]
     before["tables"] = table_count(homeserver)
 
@@ -102,7 +104,11 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
                "restore_seconds": round(seconds), "lost_to_serving_seconds": round(time.time() - lost_at)}
     (EPHEMERAL / "restore-drill.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"restore drill: {figures}")
-    return {"token": token, "before": before, "after_backup": after_backup, "refusals": refusals,
+    try:
+        decrypted = run(e2e.read_encrypted_event(bob, before["exchange"].room_id, before["exchange"].event_id))
+    except e2e.CheckError as exc:
+        decrypted = f"ERROR {exc}"
+    return {"token": token, "decrypted": decrypted, "before": before, "after_backup": after_backup, "refusals": refusals,
             "still": still, "gone": gone, "restored": restored, "homeserver": homeserver}
 
 
@@ -141,6 +147,11 @@ def test_clients_stay_logged_in_and_read_the_messages_of_the_snapshot(drill, con
     found = event(run, http, config, drill["token"], before["room"], before["event"])
     assert found.status == 200, found.text()
     assert found.json()["content"]["body"] == before["text"]
+
+
+def test_encrypted_messages_of_the_snapshot_still_decrypt(drill):
+    """B's client keeps its own key store: the message comes back from the restored database."""
+    assert drill["decrypted"] == drill["before"]["secret"]
 
 
 def test_what_was_written_after_the_backup_is_gone(drill, config, run, http):  # noqa: F811

@@ -1,0 +1,128 @@
+"""The Synapse upgrade drill (playbooks/tiers/homeserver.yml, docs/operations.md "Upgrades").
+
+The scenario converges an older release (MATRIX_UPGRADE_FROM, passed to its playbooks as
+synapse_version); one module fixture then runs, in order:
+1. Two end-to-end encrypted messages (A to B, each in its own room) and a file.
+2. An upgrade to the pinned release that fails: a configuration extension that passes Synapse's
+   configuration check but stops it from starting (its database port is wrong). The play must
+   roll back by itself: the older release serves again with its configuration and the
+   pre-upgrade database, and the run fails saying so.
+3. The upgrade to the pinned release, as an operator runs it (playbooks/homeserver.yml).
+After 2 and after 3, B's client (its own key store) fetches both messages again from the
+homeserver and decrypts them; the file is downloaded again. Every test file that runs after this
+one checks the upgraded stack (conftest.py runs this file first).
+"""
+import hashlib
+import json
+import os
+import time
+
+import pytest
+
+from conftest import EPHEMERAL, first, run_playbook, server
+
+import matrix_e2e as e2e  # noqa: E402 (tests/e2e, put on the path by conftest)
+from test_matrix_e2e import config, http, run, users  # noqa: F401 (the shared client fixtures)
+
+FROM = os.environ.get("MATRIX_UPGRADE_FROM", "")
+pytestmark = pytest.mark.skipif(not FROM, reason="no upgrade drill in this scenario (MATRIX_UPGRADE_FROM)")
+
+HOMESERVER = first("matrix_homeserver")
+# Passes `python -m synapse.config` (which does not connect), fails at start.
+FAULTY = {"synapse_config_extension": {"database": {"args": {"port": 1}}}}
+
+
+def release(host, link="current"):
+    """The release a link points at ("" without the link)."""
+    return host.run("readlink -e /opt/synapse/%s", link).stdout.strip().rsplit("/", 1)[-1]
+
+
+def observe(run, http, config, alice, bob, messages, mxc):  # noqa: F811 (fixtures)
+    """What the clients see now: each message's decrypted text (or the error), the file's hash."""
+    texts = []
+    for exchange in messages:
+        try:
+            texts.append(run(e2e.read_encrypted_event(bob, exchange.room_id, exchange.event_id)))
+        except e2e.CheckError as exc:
+            texts.append(f"ERROR {exc}")
+    answer = run(e2e.download_media(http, config, alice.access_token, mxc))
+    return {"texts": texts, "file": hashlib.sha256(answer.body).hexdigest() if answer.status == 200 else answer.status}
+
+
+def pre_upgrade_snapshots(host):
+    listing = host.check_output("matrix-backup restic snapshots --json --tag pre-upgrade")
+    return json.loads(listing)
+
+
+@pytest.fixture(scope="module")
+def drill(config, users, run, http):  # noqa: F811 (fixtures)
+    alice, bob = users.require()
+    homeserver = server(HOMESERVER)
+    started = release(homeserver)
+    snapshots_before = {s["id"] for s in pre_upgrade_snapshots(homeserver)}
+    texts = [e2e.random_text(f"before-upgrade-{n}") for n in (1, 2)]
+    messages = [run(e2e.exchange_encrypted_message(alice, bob, http, text, keep_room=True), timeout=150)
+                for text in texts]
+    data = os.urandom(300 * 1024)
+    mxc = run(e2e.upload_media(http, config, alice.access_token, data, "upgrade-drill.bin"))
+
+    start = time.monotonic()
+    failed = run_playbook("homeserver.yml", "-e", json.dumps(FAULTY))
+    failed_seconds = time.monotonic() - start
+    after_failed = observe(run, http, config, alice, bob, messages, mxc)
+    after_failed["release"] = release(homeserver)
+    after_failed["kept_config"] = homeserver.file("/etc/matrix-synapse/homeserver.yaml.previous").exists
+    after_failed["config_has_fault"] = "port: 1\n" in homeserver.file("/etc/matrix-synapse/homeserver.yaml").content_string
+
+    start = time.monotonic()
+    upgraded = run_playbook("homeserver.yml")
+    upgrade_seconds = time.monotonic() - start
+    after = observe(run, http, config, alice, bob, messages, mxc)
+    after["release"] = release(homeserver)
+    after["previous"] = release(homeserver, "previous")
+
+    figures = {"from": started, "to": after["release"], "failed_upgrade_and_rollback_seconds": round(failed_seconds),
+               "upgrade_seconds": round(upgrade_seconds)}
+    (EPHEMERAL / "upgrade-drill.json").write_text(json.dumps(figures, indent=1) + "\n")
+    print(f"upgrade drill: {figures}")
+    return {"started": started, "snapshots_before": snapshots_before, "texts": texts, "file": hashlib.sha256(data).hexdigest(), "failed": failed,
+            "after_failed": after_failed, "upgraded": upgraded, "after": after, "homeserver": homeserver}
+
+
+def test_the_drill_starts_from_the_older_release(drill):
+    assert drill["started"] == FROM
+
+
+def test_a_failed_upgrade_rolls_back_and_says_so(drill):
+    failed = drill["failed"]
+    assert failed.returncode != 0, failed.stdout[-3000:]
+    assert f"Rolled back: Synapse {FROM} serves again" in failed.stderr, failed.stdout[-3000:] + failed.stderr[-3000:]
+
+
+def test_after_the_rollback_the_older_release_serves_every_message(drill):
+    seen = drill["after_failed"]
+    assert seen["release"] == FROM
+    assert not seen["config_has_fault"], "the rollback left the faulty configuration in place"
+    assert not seen["kept_config"], "the configuration kept for the rollback was not cleaned up"
+    assert seen["texts"] == drill["texts"]
+    assert seen["file"] == drill["file"]
+
+
+def test_the_upgrade_keeps_every_message(drill):
+    upgraded = drill["upgraded"]
+    assert upgraded.returncode == 0, upgraded.stdout[-4000:] + upgraded.stderr[-2000:]
+    seen = drill["after"]
+    assert seen["release"] != FROM
+    assert seen["texts"] == drill["texts"]
+    assert seen["file"] == drill["file"]
+
+
+def test_the_older_release_is_kept_for_a_rollback_by_hand(drill):
+    assert drill["after"]["previous"] == FROM
+
+
+def test_each_upgrade_attempt_was_backed_up_first_and_is_kept(drill):
+    snapshots = [s for s in pre_upgrade_snapshots(drill["homeserver"]) if s["id"] not in drill["snapshots_before"]]
+    attempts = [s for s in snapshots if f"from-{FROM}" in s.get("tags", [])]
+    assert len(attempts) == 2, snapshots
+    assert all(f"synapse-{FROM}" in s["tags"] for s in attempts), snapshots
