@@ -12,9 +12,10 @@
 # ("<hex>  <file name>", as sha256sum prints it), and prints the tarball's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
-defaults=roles/element_web/defaults/main.yml
-version=${1:-$(sed -n 's/^element_web_version:[[:space:]]*"\{0,1\}\([^"[:space:]]*\)"\{0,1\}[[:space:]]*$/\1/p' "$defaults")}
+version=${1:-$(role_default element_web element_web_version)}
 if ! [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
   echo "build-element-fixture: no usable version (got '${version}'; expected x.y.z)" >&2
   exit 1

@@ -10,6 +10,17 @@ export REPO_ROOT CACHE_DIR
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# role_default ROLE VARIABLE: the value of a role's default (roles/ROLE/defaults/main.yml), as
+# Ansible templates it (the project's virtualenv; no YAML parsed by hand).
+role_default() {
+  local role=$1 variable=$2
+  (cd "$REPO_ROOT" && ANSIBLE_NOCOLOR=1 ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=json \
+    "${REPO_ROOT}/.venv/bin/ansible" localhost -c local -i localhost, \
+    -e "@${REPO_ROOT}/roles/${role}/defaults/main.yml" -m ansible.builtin.debug -a "var=${variable}") 2>/dev/null |
+    "${REPO_ROOT}/.venv/bin/python" -c 'import json, sys
+print(json.load(sys.stdin)["plays"][0]["tasks"][0]["hosts"]["localhost"][sys.argv[1]])' "$variable"
+}
+
 need_root() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and runs dockerd)"
 }
