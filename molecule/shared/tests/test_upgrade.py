@@ -9,17 +9,23 @@ synapse_version); one module fixture then runs, in order:
    pre-upgrade database, and the run fails saying so.
 3. The upgrade to the pinned release, as an operator runs it (playbooks/homeserver.yml).
 After 2 and after 3, B's client (its own key store) fetches both messages again from the
-homeserver and decrypts them; the file is downloaded again. Every test file that runs after this
+homeserver and decrypts them; the file is downloaded again.
+4. An Element web upgrade that fails its health check: a tarball whose version file is right but
+   whose page nginx may not read (mode 0600), built here from the fixture. The proxy tier must
+   point Element web back at the live release and fail saying so. Every test file that runs after this
 one checks the upgraded stack (conftest.py runs this file first).
 """
 import hashlib
+import io
 import json
 import os
+import pathlib
+import tarfile
 import time
 
 import pytest
 
-from conftest import EPHEMERAL, first, run_playbook, server
+from conftest import EPHEMERAL, REPO, first, run_playbook, server
 
 import matrix_e2e as e2e  # noqa: E402 (tests/e2e, put on the path by conftest)
 from test_matrix_e2e import config, http, run, users  # noqa: F401 (the shared client fixtures)
@@ -47,6 +53,29 @@ def observe(run, http, config, alice, bob, messages, mxc):  # noqa: F811 (fixtur
             texts.append(f"ERROR {exc}")
     answer = run(e2e.download_media(http, config, alice.access_token, mxc))
     return {"texts": texts, "file": hashlib.sha256(answer.body).hexdigest() if answer.status == 200 else answer.status}
+
+
+def unreadable_element_release(version):
+    """The fixture of the live Element web release, repacked as `version` with its index.html
+    readable by root only: (tarball, sha256)."""
+    fixture = sorted((REPO / ".cache" / "fixtures").glob("element-v*-fixture.tar.gz"))[-1]
+    out = pathlib.Path(EPHEMERAL) / f"element-v{version}-unreadable.tar.gz"
+    with tarfile.open(fixture) as source, tarfile.open(out, "w:gz") as target:
+        for member in source.getmembers():
+            data = source.extractfile(member).read() if member.isfile() else None
+            member.name = "/".join([f"element-v{version}"] + member.name.split("/")[1:])
+            if member.name.endswith("/version"):
+                data = f"{version}\n".encode()
+                member.size = len(data)
+            if member.name.endswith("/index.html"):
+                member.mode = 0o600
+            target.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out, hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def element_version(run, http, config):  # noqa: F811 (fixtures)
+    answer = run(e2e.http_request(http, "GET", f"https://{config.element_fqdn}/version"))
+    return answer.text().strip() if answer.status == 200 else answer.status
 
 
 def pre_upgrade_snapshots(host):
@@ -81,11 +110,20 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     after["release"] = release(homeserver)
     after["previous"] = release(homeserver, "previous")
 
+    element_before = element_version(run, http, config)
+    tarball, digest = unreadable_element_release("0.0.1")
+    start = time.monotonic()
+    element_failed = run_playbook("proxy.yml", "-e", json.dumps({
+        "element_web_version": "0.0.1", "element_web_archive_src": str(tarball), "element_web_checksum": f"sha256:{digest}"}))
+    element_seconds = time.monotonic() - start
+    element_after = element_version(run, http, config)
+
     figures = {"from": started, "to": after["release"], "failed_upgrade_and_rollback_seconds": round(failed_seconds),
-               "upgrade_seconds": round(upgrade_seconds)}
+               "upgrade_seconds": round(upgrade_seconds), "element_failed_upgrade_and_rollback_seconds": round(element_seconds)}
     (EPHEMERAL / "upgrade-drill.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"upgrade drill: {figures}")
-    return {"started": started, "snapshots_before": snapshots_before, "texts": texts, "file": hashlib.sha256(data).hexdigest(), "failed": failed,
+    return {"element_before": element_before, "element_failed": element_failed, "element_after": element_after,
+            "started": started, "snapshots_before": snapshots_before, "texts": texts, "file": hashlib.sha256(data).hexdigest(), "failed": failed,
             "after_failed": after_failed, "upgraded": upgraded, "after": after, "homeserver": homeserver}
 
 
@@ -126,3 +164,11 @@ def test_each_upgrade_attempt_was_backed_up_first_and_is_kept(drill):
     attempts = [s for s in snapshots if f"from-{FROM}" in s.get("tags", [])]
     assert len(attempts) == 2, snapshots
     assert all(f"synapse-{FROM}" in s["tags"] for s in attempts), snapshots
+
+
+def test_a_failed_element_web_upgrade_rolls_back_and_says_so(drill):
+    failed = drill["element_failed"]
+    assert failed.returncode != 0, failed.stdout[-3000:]
+    before = drill["element_before"]
+    assert f"Rolled back: Element web {before} is served again" in failed.stderr, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert drill["element_after"] == before
