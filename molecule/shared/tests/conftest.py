@@ -5,6 +5,7 @@ checks serve one host or four. The controller (where pytest runs) is the
 "outside": it is none of the server hosts and reaches them over the Docker
 network, as a client or an attacker on the network would.
 """
+import json
 import os
 import pathlib
 import re
@@ -105,6 +106,15 @@ def pytest_configure(config):
 # The drills change the stack: the upgrade drill runs first (every other check then sees the
 # upgraded stack), the restore drill last (the checks before it see the stack it restores).
 FIRST, LAST = ("test_upgrade.py",), ("test_restore.py",)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The drills' figures at the end of the verify output (the ephemeral directory where they
+    are written goes with the scenario's destroy)."""
+    for name in ("upgrade-drill.json", "restore-drill.json", "fault-drills.json"):
+        path = EPHEMERAL / name
+        if path.is_file():
+            terminalreporter.write_line(f"{name}: {json.dumps(json.loads(path.read_text()))}")
 
 
 def pytest_collection_modifyitems(session, config, items):
