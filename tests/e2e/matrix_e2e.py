@@ -589,6 +589,48 @@ async def upload_media(
     return body["content_uri"]
 
 
+async def create_room(
+    session: aiohttp.ClientSession, config: E2EConfig, token: str, name: str
+) -> str:
+    """A private room (POST /createRoom): its ID."""
+    result = await http_request(
+        session,
+        "POST",
+        f"{config.homeserver_url}/_matrix/client/v3/createRoom",
+        token=token,
+        json_body={"name": name, "preset": "private_chat"},
+    )
+    if result.status != 200:
+        raise CheckError(f"createRoom answered {result.status}: {result.text()}")
+    return result.json()["room_id"]
+
+
+async def send_text(
+    session: aiohttp.ClientSession, config: E2EConfig, token: str, room_id: str, text: str
+) -> HttpResult:
+    """A plain text message in the room (PUT .../send/m.room.message/<new txn>)."""
+    return await http_request(
+        session,
+        "PUT",
+        f"{config.homeserver_url}/_matrix/client/v3/rooms/{room_id}/send/m.room.message/"
+        f"{secrets.token_hex(8)}",
+        token=token,
+        json_body={"msgtype": "m.text", "body": text},
+    )
+
+
+async def get_event(
+    session: aiohttp.ClientSession, config: E2EConfig, token: str, room_id: str, event_id: str
+) -> HttpResult:
+    """One event of the room as the server serves it now (GET .../event/<id>)."""
+    return await http_request(
+        session,
+        "GET",
+        f"{config.homeserver_url}/_matrix/client/v3/rooms/{room_id}/event/{event_id}",
+        token=token,
+    )
+
+
 def authenticated_media_url(config: E2EConfig, mxc: str) -> str:
     """URL of the authenticated media download endpoint for an mxc:// URI."""
     parsed = urlparse(mxc)

@@ -17,7 +17,6 @@ that CI's hour does not have.
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import threading
 import time
@@ -65,22 +64,17 @@ def client(config, users, run, http):  # noqa: F811 (fixtures)
     coroutine of one send (for sends that overlap a fault)."""
     alice, _ = users.require()
     token = alice.access_token
-    api = f"{config.homeserver_url}/_matrix/client/v3"
-    created = run(e2e.http_request(http, "POST", f"{api}/createRoom", token=token,
-                                   json_body={"name": "fault drills", "preset": "private_chat"}))
-    assert created.status == 200, created.text()
-    room = created.json()["room_id"]
+    room = run(e2e.create_room(http, config, token, "fault drills"))
 
     async def post(text):
-        answer = await e2e.http_request(http, "PUT", f"{api}/rooms/{room}/send/m.room.message/{secrets.token_hex(8)}",
-                                        token=token, json_body={"msgtype": "m.text", "body": text})
+        answer = await e2e.send_text(http, config, token, room, text)
         return answer.json()["event_id"] if answer.status == 200 else None
 
     def send(text, timeout=10):
         return run(post(text), timeout=timeout)
 
     def read(event_id):
-        answer = run(e2e.http_request(http, "GET", f"{api}/rooms/{room}/event/{event_id}", token=token), timeout=10)
+        answer = run(e2e.get_event(http, config, token, room, event_id), timeout=10)
         return answer.json()["content"]["body"] if answer.status == 200 else None
 
     def turn():

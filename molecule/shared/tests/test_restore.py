@@ -18,7 +18,6 @@ multi-host, where the repository is on the backup host over SFTP).
 import hashlib
 import json
 import os
-import secrets
 import time
 
 import pytest
@@ -39,21 +38,15 @@ SIGNING_KEY = "/etc/matrix-synapse/signing.key"
 LOST = "/opt/synapse /etc/matrix-synapse /var/lib/matrix-synapse /etc/matrix-backup /var/lib/matrix-backup"
 
 
-async def api(http, config, method, path, token, body=None):  # noqa: F811 (fixtures)
-    return await e2e.http_request(http, method, f"{config.homeserver_url}/_matrix/client/v3{path}",
-                                  token=token, json_body=body)
-
-
 def send(run, http, config, token, room, text):  # noqa: F811 (fixtures)
     """A text message in the room: its event ID."""
-    answer = run(api(http, config, "PUT", f"/rooms/{room}/send/m.room.message/{secrets.token_hex(8)}", token,
-                     {"msgtype": "m.text", "body": text}))
+    answer = run(e2e.send_text(http, config, token, room, text))
     assert answer.status == 200, answer.text()
     return answer.json()["event_id"]
 
 
 def event(run, http, config, token, room, event_id):  # noqa: F811 (fixtures)
-    return run(api(http, config, "GET", f"/rooms/{room}/event/{event_id}", token))
+    return run(e2e.get_event(http, config, token, room, event_id))
 
 
 def table_count(homeserver):
@@ -67,9 +60,7 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     alice, bob = users.require()
     token = alice.access_token
     homeserver = server(HOMESERVER)
-    created = run(api(http, config, "POST", "/createRoom", token, {"name": "restore drill", "preset": "private_chat"}))
-    assert created.status == 200, created.text()
-    room = created.json()["room_id"]
+    room = run(e2e.create_room(http, config, token, "restore drill"))
     before = {"room": room, "text": e2e.random_text("before-backup")}
     before["event"] = send(run, http, config, token, room, before["text"])
     before["file"] = os.urandom(256 * 1024)
