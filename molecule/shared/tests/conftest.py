@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import testinfra
+import yaml
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -50,8 +51,9 @@ def journal(name, unit, lines=40):
 
 
 def run_playbook(playbook, *extra, check=False):
-    """ansible-playbook playbooks/<playbook> on this scenario's hosts, with Molecule's settings
-    (its ansible.cfg and inventory), as an operator runs it: the finished process."""
+    """ansible-playbook playbooks/<playbook> (or the playbook at that absolute path) on this
+    scenario's hosts, with Molecule's settings (its ansible.cfg and inventory), as an operator
+    runs it: the finished process."""
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1", PY_COLORS="0")
     config = EPHEMERAL / "ansible.cfg"
     if config.is_file():
@@ -60,6 +62,19 @@ def run_playbook(playbook, *extra, check=False):
     if check:
         argv.append("--check")
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+
+
+def recreate_containers(*names):
+    """Fresh hosts in place of the named containers: they are removed (with everything on their
+    disks) and created again from the scenario's platforms by molecule/shared/create.yml and
+    prepare.yml, as `molecule create` does (same names and networks). The finished processes."""
+    subprocess.run(["docker", "rm", "--force", "--volumes", *names], check=True, capture_output=True, text=True)
+    scenario = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "molecule.yml"
+    platforms = [p for p in yaml.safe_load(scenario.read_text())["platforms"] if p["name"] in names]
+    created = run_playbook(REPO / "molecule" / "shared" / "create.yml", "-e", json.dumps({"molecule_yml": {"platforms": platforms}}))
+    if created.returncode != 0:
+        return created
+    return run_playbook(REPO / "molecule" / "shared" / "prepare.yml", "--limit", ",".join(names))
 
 
 def recap(output):

@@ -3,11 +3,12 @@
 One module fixture runs the whole drill, in order:
 1. A client writes a message and a file; a backup runs; the client then writes a second message
    (after the backup: the drill's recovery point lies between the two).
-2. Two restores that must be refused before any host is changed: over the live database, and
-   from a snapshot that does not exist.
-3. The homeserver's data is destroyed: its Synapse database is dropped on the database host, and
-   on the homeserver Synapse's releases, configuration, signing key and media, and the backup's
-   settings, SSH key and state are deleted (as on a new machine).
+2. Four restores that must be refused before any host is changed, on the live stack: over the
+   live database, from a snapshot that does not exist, with a wrong repository key, and from a
+   snapshot made by a newer database schema than the release to run knows (a snapshot whose
+   metadata says so, saved here: the pinned and the older release share one schema).
+3. The database and homeserver hosts are lost: their containers are removed and fresh ones
+   created (conftest.recreate_containers, the scenario's own create and prepare playbooks).
 4. playbooks/restore.yml, timed, from the inventory alone.
 The checks then compare the stack before and after. conftest.py runs this file last: the other
 test files check the stack that the drill destroys and restores.
@@ -18,11 +19,12 @@ multi-host, where the repository is on the backup host over SFTP).
 import hashlib
 import json
 import os
+import secrets
 import time
 
 import pytest
 
-from conftest import EPHEMERAL, first, journal, recap, run_playbook, server
+from conftest import EPHEMERAL, first, journal, recap, recreate_containers, run_playbook, server
 
 import matrix_e2e as e2e  # noqa: E402 (tests/e2e, put on the path by conftest)
 from test_matrix_e2e import config, http, run, users  # noqa: F401 (the shared client fixtures)
@@ -33,9 +35,9 @@ pytestmark = pytest.mark.skipif(os.environ.get("MATRIX_RESTORE_DRILL") != "1",
 HOMESERVER = first("matrix_homeserver")
 DATABASE = first("matrix_db")
 SIGNING_KEY = "/etc/matrix-synapse/signing.key"
-# What a lost homeserver loses: Synapse's releases, configuration, keys and data, and the
-# backup's settings, SSH key and state (the repository password is in the inventory).
-LOST = "/opt/synapse /etc/matrix-synapse /var/lib/matrix-synapse /etc/matrix-backup /var/lib/matrix-backup"
+# A snapshot of the homeserver's that claims a schema no release knows yet (only its metadata).
+NEWER_SCHEMA = {"format": 1, "synapse_version": "9.0.0", "schema_version": 999, "schema_compat_version": 999,
+                "toolkit_version": "restore-drill", "database_dump": "synapse.pgdump"}
 
 
 def send(run, http, config, token, room, text):  # noqa: F811 (fixtures)
@@ -53,6 +55,24 @@ def table_count(homeserver):
     return int(homeserver.check_output(
         "bash -c %s", "set -a; . /etc/matrix-backup/backup.env; "
         "psql -XAt -c \"SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'\""))
+
+
+def save_newer_schema_snapshot(homeserver):
+    """Saves NEWER_SCHEMA as this host's newest snapshot (as `matrix-backup run` lays out
+    metadata.json): its ID."""
+    summary = homeserver.check_output("bash -c %s", (
+        "set -euo pipefail; set -a; . /etc/matrix-backup/backup.env; set +a; d=/var/lib/matrix-backup/snapshot; "
+        f"rm -rf $d; mkdir -p $d; printf '%s' '{json.dumps(NEWER_SCHEMA)}' > $d/metadata.json; "
+        'matrix-backup restic backup --json --host "$BACKUP_HOST" --tag matrix --tag restore-drill $d | tail -n 1; rm -rf $d'))
+    return json.loads(summary)["snapshot_id"]
+
+
+def refused(result, message):
+    """A restore refused with `message` in its error, and no task changed anything on any host."""
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert message in result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    hosts = recap(result.stdout)
+    assert hosts and all(counts["changed"] == 0 for counts in hosts.values()), result.stdout[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +95,32 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     snapshot = json.loads(homeserver.file("/var/lib/matrix-backup/last-success.json").content_string)
     after_backup = send(run, http, config, token, room, e2e.random_text("after-backup"))
 
+    newer = save_newer_schema_snapshot(homeserver)
     refusals = {
-        "live": run_playbook("restore.yml"),
+        "live": run_playbook("restore.yml", "-e", f"matrix_restore_snapshot={snapshot['snapshot_id']}"),
         "unknown": run_playbook("restore.yml", "-e", "matrix_restore_snapshot=0123abcd"),
+        "wrong_key": run_playbook("restore.yml", "-e", json.dumps({"matrix_backup_repository_password": secrets.token_urlsafe(33)})),
+        "newer_schema": run_playbook("restore.yml", "-e", f"matrix_restore_snapshot={newer}"),
     }
+    homeserver.check_output("matrix-backup restic forget %s", newer)
     still = {"event": event(run, http, config, token, room, after_backup).status, "tables": table_count(homeserver)}
 
+    # The database and homeserver hosts are lost; fresh ones take their names.
     lost_at = time.time()
-    homeserver.check_output("systemctl stop matrix-synapse.service matrix-backup.timer")
-    server(DATABASE).check_output("runuser -u postgres -- psql -X -v ON_ERROR_STOP=1 -c %s",
-                                  "DROP DATABASE synapse WITH (FORCE)")
-    homeserver.check_output(f"rm -rf {LOST}")
-    gone = homeserver.run("test -e %s", SIGNING_KEY).rc != 0
+    start = time.monotonic()
+    fresh = recreate_containers(DATABASE, HOMESERVER)
+    hosts_seconds = time.monotonic() - start
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-2000:]
+    gone = {"signing key": homeserver.run("test -e %s", SIGNING_KEY).rc != 0,
+            "PostgreSQL": server(DATABASE).run("test -e /var/lib/postgresql").rc != 0}
 
     start = time.monotonic()
     restored = run_playbook("restore.yml")
     seconds = time.monotonic() - start
     figures = {"snapshot": snapshot["snapshot_id"][:8], "backup_seconds": snapshot["seconds"],
-               "restore_seconds": round(seconds), "lost_to_serving_seconds": round(time.time() - lost_at)}
+               "backup_bytes_processed": snapshot["total_bytes_processed"], "backup_bytes_added": snapshot["data_added_bytes"],
+               "fresh_hosts_seconds": round(hosts_seconds), "restore_seconds": round(seconds),
+               "lost_to_serving_seconds": round(time.time() - lost_at)}
     (EPHEMERAL / "restore-drill.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"restore drill: {figures}")
     try:
@@ -104,24 +132,26 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
 
 
 def test_a_restore_over_the_live_database_is_refused_and_changes_nothing(drill):
-    live = drill["refusals"]["live"]
-    assert live.returncode != 0
-    assert "Restore refused, nothing changed: the database synapse" in live.stderr, live.stdout[-3000:] + live.stderr
     # Refused in the check before the baseline: no task changed anything on any host.
-    hosts = recap(live.stdout)
-    assert hosts and all(counts["changed"] == 0 for counts in hosts.values()), live.stdout[-3000:]
+    refused(drill["refusals"]["live"], "Restore refused, nothing changed: the database synapse")
     assert drill["still"]["event"] == 200, "a message written after the backup was lost by a refused restore"
     assert drill["still"]["tables"] == drill["before"]["tables"]
 
 
 def test_a_restore_from_an_unknown_snapshot_is_refused(drill):
-    unknown = drill["refusals"]["unknown"]
-    assert unknown.returncode != 0
-    assert 'Restore refused, nothing changed: no snapshot "0123abcd"' in unknown.stderr, unknown.stdout[-3000:] + unknown.stderr
+    refused(drill["refusals"]["unknown"], 'Restore refused, nothing changed: no snapshot "0123abcd"')
 
 
-def test_the_restore_playbook_succeeds_on_the_emptied_hosts(drill):
-    assert drill["gone"], "the drill did not delete the signing key"
+def test_a_restore_with_a_wrong_repository_key_is_refused(drill):
+    refused(drill["refusals"]["wrong_key"], "does not open with backup_repository_password (a wrong key?)")
+
+
+def test_a_restore_of_a_newer_schema_than_the_release_knows_is_refused(drill):
+    refused(drill["refusals"]["newer_schema"], "Restore refused, nothing changed: the snapshot was made by Synapse 9.0.0")
+
+
+def test_the_restore_playbook_succeeds_on_fresh_hosts(drill):
+    assert all(drill["gone"].values()), f"the fresh hosts are not empty: {drill['gone']}"
     restored = drill["restored"]
     assert restored.returncode == 0, restored.stdout[-4000:] + restored.stderr[-2000:]
 
