@@ -43,7 +43,8 @@ lint() {
 }
 
 repository_tests() {
-  timed "repository tests" python -m pytest -q tests --ignore=tests/e2e
+  # Two workers or more (pytest-xdist): most of these tests wait on ansible-playbook runs.
+  timed "repository tests" python -m pytest -q -n auto tests --ignore=tests/e2e
 }
 
 scenario() {

@@ -16,6 +16,7 @@ test files check the stack that the drill destroys and restores.
 The drill destroys data, so it runs only where the scenario asks for it (MATRIX_RESTORE_DRILL=1:
 multi-host, where the repository is on the backup host over SFTP).
 """
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -96,12 +97,16 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     after_backup = send(run, http, config, token, room, e2e.random_text("after-backup"))
 
     newer = save_newer_schema_snapshot(homeserver)
-    refusals = {
-        "live": run_playbook("restore.yml", "-e", f"matrix_restore_snapshot={snapshot['snapshot_id']}"),
-        "unknown": run_playbook("restore.yml", "-e", "matrix_restore_snapshot=0123abcd"),
-        "wrong_key": run_playbook("restore.yml", "-e", json.dumps({"matrix_backup_repository_password": secrets.token_urlsafe(33)})),
-        "newer_schema": run_playbook("restore.yml", "-e", f"matrix_restore_snapshot={newer}"),
+    # Side by side: each is refused in its checks, which change nothing and take no exclusive lock.
+    attempts = {
+        "live": ["-e", f"matrix_restore_snapshot={snapshot['snapshot_id']}"],
+        "unknown": ["-e", "matrix_restore_snapshot=0123abcd"],
+        "wrong_key": ["-e", json.dumps({"matrix_backup_repository_password": secrets.token_urlsafe(33)})],
+        "newer_schema": ["-e", f"matrix_restore_snapshot={newer}"],
     }
+    with concurrent.futures.ThreadPoolExecutor(len(attempts)) as pool:
+        running = {name: pool.submit(run_playbook, "restore.yml", *extra) for name, extra in attempts.items()}
+        refusals = {name: future.result() for name, future in running.items()}
     homeserver.check_output("matrix-backup restic forget %s", newer)
     still = {"event": event(run, http, config, token, room, after_backup).status, "tables": table_count(homeserver)}
 
