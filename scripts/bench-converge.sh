@@ -11,9 +11,12 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh >/dev/null 2>&1
 # shellcheck disable=SC1091
 source .venv/bin/activate
+# shellcheck source=lib.sh
+. scripts/lib.sh
 
 if [ $# -gt 0 ]; then SCENARIOS=("$@"); else SCENARIOS=(default multi-host); fi
-SYNAPSE_VERSION=$(python3 -c 'import yaml; print(yaml.safe_load(open("roles/synapse/defaults/main.yml"))["synapse_version"])')
+SYNAPSE_VERSION=$(role_default synapse synapse_version)
+LOCK=roles/synapse/files/requirements/synapse-${SYNAPSE_VERSION}.txt
 LOGS=$(mktemp -d)
 
 now() { date +%s.%N; }
@@ -52,12 +55,14 @@ echo "== floor (apt-get + pip on one fresh host, no Ansible): $packages+ matrix-
 current=default
 fresh default
 t3=$(now)
-docker exec "$(hosts_of default | cut -d' ' -f1)" bash -ec "
+floor_host=$(hosts_of default | cut -d' ' -f1)
+docker cp "$LOCK" "$floor_host:/tmp/synapse-lock.txt"
+docker exec "$floor_host" bash -ec "
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $packages >/dev/null
-  python3 -m venv --system-site-packages /opt/floor
-  /opt/floor/bin/pip install -q 'matrix-synapse[postgres]==$SYNAPSE_VERSION'
+  python3 -m venv /opt/floor
+  /opt/floor/bin/pip install -q --require-hashes --only-binary=:all: -r /tmp/synapse-lock.txt
 " >"$LOGS/floor.log" 2>&1
 t4=$(now)
 floor=$(elapsed "$t3" "$t4")

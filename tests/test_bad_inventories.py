@@ -210,6 +210,14 @@ CASES = {
         _with(hardening_waivers=[{"id": "HARD-SSH-99", "reason": "tested elsewhere, see ticket 42"}]),
         'hardening_waivers: unknown control ID "HARD-SSH-99"',
     ),
+    "Synapse release without a lock file": (
+        _with(synapse_version="1.99.0"),
+        "No lock file for Synapse 1.99.0",
+    ),
+    "an extra package index": (
+        _with(synapse_pip_extra_index_urls=["https://pypi.example.gouv.fr/simple/"]),
+        "synapse_pip_extra_index_urls: removed: Synapse installs from one package index",
+    ),
     "Element on the homeserver's host name": (
         _with(matrix_element_fqdn="matrix.example.gouv.fr"),
         "Element web needs its own host name",

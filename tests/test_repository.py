@@ -1,6 +1,7 @@
 """Repository-level promises: what the README and requirements files claim holds."""
 import json
 import pathlib
+import re
 
 import yaml
 
@@ -58,3 +59,24 @@ def test_every_role_has_specs_preflight_and_docs():
             assert option.startswith(role.name + "_"), f"{role.name}: {option} is not prefixed"
         page = role.name.replace("_", "-") + ".md"
         assert (REPO / "docs" / page).is_file(), page
+
+
+def test_every_synapse_lock_pins_and_hashes_every_package():
+    """roles/synapse/files/requirements: the role's default release and the drill's older one are
+    locked; every requirement is NAME==VERSION with at least one sha256 (pip --require-hashes)."""
+    locks = REPO / "roles" / "synapse" / "files" / "requirements"
+    found = {p.name for p in locks.glob("synapse-*.txt")}
+    assert "synapse-1.160.0.txt" in found, found
+    default = yaml.safe_load((REPO / "roles/synapse/defaults/main.yml").read_text())["synapse_version"]
+    assert f"synapse-{default}.txt" in found, found
+    for lock in sorted(locks.glob("synapse-*.txt")):
+        version = lock.stem.removeprefix("synapse-")
+        entries = re.split(r"\n(?=[^\s#])", lock.read_text().split("\n", 2)[2].strip())
+        names = []
+        for entry in entries:
+            head, *hashes = [part.strip() for part in entry.split("\\\n")]
+            assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==\S+", head), f"{lock.name}: {head}"
+            assert hashes and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h) for h in hashes), f"{lock.name}: {head}"
+            names.append(head.split("==")[0])
+        assert f"matrix-synapse=={version}" in [e.split(" ")[0] for e in entries], lock.name
+        assert "psycopg2" not in names, f"{lock.name}: psycopg2 comes from Debian (python3-psycopg2)"

@@ -81,6 +81,19 @@ def _catalogue():
     return catalogue
 
 
+# Settings that were removed, with what replaces them: refused with that reason, not as unknown.
+_RETIRED = {
+    "synapse_pip_extra_index_urls": (
+        "removed: Synapse installs from one package index (synapse_pip_index_url), in hash-checking mode "
+        "from its lock file; an extra index invites dependency confusion (roles/synapse/README.md)"
+    ),
+    "synapse_pip_extra_packages": (
+        "removed: extra Python packages (Synapse modules) are locked with Synapse into a file named by "
+        "synapse_pip_requirements (scripts/lock-synapse.sh, roles/synapse/README.md)"
+    ),
+}
+
+
 def _prefix_of(name, prefixes):
     """The longest known prefix of name (element_web before element), or None."""
     matches = [p for p in prefixes if name.startswith(p + "_")]
@@ -98,6 +111,9 @@ def matrix_unknown_settings(names):
     known, prefixes = catalogue["known"], catalogue["prefixes"]
     messages = []
     for name in sorted(set(names)):
+        if name in _RETIRED:
+            messages.append(f"{name}: {_RETIRED[name]}")
+            continue
         if not isinstance(name, str) or name in known or _NOT_SETTINGS.match(name):
             continue
         prefix = _prefix_of(name, prefixes)

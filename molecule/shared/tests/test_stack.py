@@ -4,11 +4,13 @@ Behaviour, not files: services answer, sockets listen only where they should,
 the database refuses every host but the homeserver, secrets are not readable
 by others, the sandbox is really applied.
 """
+import hashlib
 import json
+import re
 
 import pytest
 
-from conftest import address_of, first, hosts_of, journal, server
+from conftest import REPO, address_of, first, hosts_of, journal, server
 
 # A PostgreSQL startup packet (protocol 3.0): the server answers "R" (asks for
 # authentication) when pg_hba.conf accepts the client address, "E" (error,
@@ -143,6 +145,39 @@ def test_synapse_runs_the_pinned_release_with_room_for_migrations(name):
     previous = hs.run("readlink -e /opt/synapse/previous").stdout.strip()
     assert sorted(releases) == sorted({live} | ({previous} if previous else set()))
     assert hs.check_output("systemctl show -p TimeoutStartUSec --value matrix-synapse") == "30min"
+
+
+# What the live virtualenv holds and sees: pip's own list, each file's origin, and sys.path.
+VENV_PROBE = r"""
+import json, os, subprocess, sys, psycopg2
+listed = json.loads(subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json",
+                                    "--disable-pip-version-check"], capture_output=True, check=True, text=True).stdout)
+print(json.dumps({"packages": {p["name"]: p["version"] for p in listed},
+                  "psycopg2": os.path.realpath(psycopg2.__file__),
+                  "system_paths": [p for p in sys.path if "dist-packages" in p]}))
+"""
+
+
+def _normalised(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))
+def test_synapse_runs_exactly_the_locked_packages(name):
+    """Installed with --require-hashes from the role's lock file: every package at its locked
+    version, nothing else but pip itself and Debian's psycopg2 (the one system package the
+    virtualenv sees, through a link)."""
+    hs = server(name)
+    version = hs.check_output("/opt/synapse/current/bin/python -c 'import synapse; print(synapse.__version__)'")
+    lock = (REPO / "roles" / "synapse" / "files" / "requirements" / f"synapse-{version}.txt").read_text()
+    locked = {_normalised(n): v for n, v in re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) ", lock, re.M)}
+    assert hs.check_output("sha256sum /opt/synapse/requirements/%s.txt", version).split()[0] == hashlib.sha256(lock.encode()).hexdigest()
+    seen = json.loads(hs.check_output("/opt/synapse/current/bin/python -c %s", VENV_PROBE))
+    installed = {_normalised(n): v for n, v in seen["packages"].items()}
+    assert {n: installed.get(n) for n in locked} == locked
+    assert set(installed) - set(locked) == {"pip", "psycopg2"}, set(installed) - set(locked)
+    assert seen["psycopg2"].startswith("/usr/lib/python3/dist-packages/psycopg2/"), seen["psycopg2"]
+    assert seen["system_paths"] == [], "the virtualenv sees the system's packages"
 
 
 @pytest.mark.parametrize("name", hosts_of("matrix_homeserver"))

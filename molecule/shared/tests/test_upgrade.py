@@ -4,9 +4,9 @@ The scenario converges an older release (MATRIX_UPGRADE_FROM, passed to its play
 synapse_version); one module fixture then runs, in order:
 1. Two end-to-end encrypted messages (A to B, each in its own room) and a file.
 2. An upgrade to the pinned release that fails: a configuration extension that passes Synapse's
-   configuration check but stops it from starting (its database port is wrong). The play must
-   roll back by itself: the older release serves again with its configuration and the
-   pre-upgrade database, and the run fails saying so.
+   configuration check but stops it from starting (it names a database that does not exist).
+   The play must roll back by itself: the older release serves again with its configuration and
+   the pre-upgrade database, and the run fails saying so.
 3. The upgrade to the pinned release, as an operator runs it (playbooks/homeserver.yml).
 After 2 and after 3, B's client (its own key store) fetches both messages again from the
 homeserver and decrypts them; the file is downloaded again.
@@ -34,8 +34,10 @@ FROM = os.environ.get("MATRIX_UPGRADE_FROM", "")
 pytestmark = pytest.mark.skipif(not FROM, reason="no upgrade drill in this scenario (MATRIX_UPGRADE_FROM)")
 
 HOMESERVER = first("matrix_homeserver")
-# Passes `python -m synapse.config` (which does not connect), fails at start.
-FAULTY = {"synapse_config_extension": {"database": {"args": {"port": 1}}}}
+# Passes `python -m synapse.config` (which does not connect), fails at start: the database
+# server refuses the connection at once (no such database for that role in pg_hba.conf; a wrong
+# port would instead wait for TCP to give up where the firewall drops the packets).
+FAULTY = {"synapse_config_extension": {"database": {"args": {"dbname": "synapse_missing"}}}}
 
 
 def release(host, link="current"):
@@ -101,7 +103,7 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     after_failed = observe(run, http, config, alice, bob, messages, mxc)
     after_failed["release"] = release(homeserver)
     after_failed["kept_config"] = homeserver.file("/etc/matrix-synapse/homeserver.yaml.previous").exists
-    after_failed["config_has_fault"] = "port: 1\n" in homeserver.file("/etc/matrix-synapse/homeserver.yaml").content_string
+    after_failed["config_has_fault"] = "synapse_missing" in homeserver.file("/etc/matrix-synapse/homeserver.yaml").content_string
 
     start = time.monotonic()
     upgraded = run_playbook("homeserver.yml")
