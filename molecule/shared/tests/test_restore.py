@@ -175,6 +175,19 @@ def test_clients_stay_logged_in_and_read_the_messages_of_the_snapshot(drill, con
     assert found.json()["content"]["body"] == before["text"]
 
 
+def test_a_client_logs_in_again_on_the_restored_homeserver(drill, config, run, http, tmp_path):  # noqa: F811
+    """A's password (from the restored database) opens a new session next to the old one."""
+    async def log_in():
+        client = e2e.new_client(config, http, config.user_a, str(tmp_path / "store"))
+        try:
+            await e2e.login(client, config.password_a)
+            return await e2e.whoami(http, config, client.access_token)
+        finally:
+            await client.logout()
+
+    assert run(log_in()) == config.user_id(config.user_a)
+
+
 def test_encrypted_messages_of_the_snapshot_still_decrypt(drill):
     """B's client keeps its own key store: the message comes back from the restored database."""
     assert drill["decrypted"] == drill["before"]["secret"]

@@ -2,7 +2,9 @@
 
 The scenario converges an older release (MATRIX_UPGRADE_FROM, passed to its playbooks as
 synapse_version); one module fixture then runs, in order:
-1. Two end-to-end encrypted messages (A to B, each in its own room) and a file.
+1. Two end-to-end encrypted messages (A to B, each in its own room) and a file; then an upgrade
+   the database is too new for (its compatibility version raised to 999 for the drill), which
+   must be refused while the older release keeps serving (the same process).
 2. An upgrade to the pinned release that fails: a configuration extension that passes Synapse's
    configuration check but stops it from starting (it names a database that does not exist).
    The play must roll back by itself: the older release serves again with its configuration and
@@ -34,10 +36,20 @@ FROM = os.environ.get("MATRIX_UPGRADE_FROM", "")
 pytestmark = pytest.mark.skipif(not FROM, reason="no upgrade drill in this scenario (MATRIX_UPGRADE_FROM)")
 
 HOMESERVER = first("matrix_homeserver")
+DATABASE = first("matrix_db")
 # Passes `python -m synapse.config` (which does not connect), fails at start: the database
 # server refuses the connection at once (no such database for that role in pg_hba.conf; a wrong
 # port would instead wait for TCP to give up where the firewall drops the packets).
 FAULTY = {"synapse_config_extension": {"database": {"args": {"dbname": "synapse_missing"}}}}
+
+
+def psql(database, statement):
+    """One statement in the Synapse database, as PostgreSQL's superuser on its host."""
+    return database.check_output("runuser -u postgres -- psql -XAt -v ON_ERROR_STOP=1 -d synapse -c %s", statement)
+
+
+def main_pid(host):
+    return host.check_output("systemctl show -p MainPID --value matrix-synapse.service")
 
 
 def release(host, link="current"):
@@ -97,6 +109,20 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     data = os.urandom(300 * 1024)
     mxc = run(e2e.upload_media(http, config, alice.access_token, data, "upgrade-drill.bin"))
 
+    # The database made "too new" for the pinned release (its compatibility version raised for
+    # the drill): the upgrade must be refused before Synapse stops.
+    database = server(DATABASE)
+    compat = int(psql(database, "SELECT compat_version FROM schema_compat_version"))
+    pid = main_pid(homeserver)
+    psql(database, "UPDATE schema_compat_version SET compat_version = 999")
+    try:
+        start = time.monotonic()
+        too_new = run_playbook("homeserver.yml")
+        too_new_seconds = time.monotonic() - start
+    finally:
+        psql(database, f"UPDATE schema_compat_version SET compat_version = {compat}")
+    too_new_after = {"release": release(homeserver), "same_process": main_pid(homeserver) == pid}
+
     start = time.monotonic()
     failed = run_playbook("homeserver.yml", "-e", json.dumps(FAULTY))
     failed_seconds = time.monotonic() - start
@@ -120,17 +146,28 @@ def drill(config, users, run, http):  # noqa: F811 (fixtures)
     element_seconds = time.monotonic() - start
     element_after = element_version(run, http, config)
 
-    figures = {"from": started, "to": after["release"], "failed_upgrade_and_rollback_seconds": round(failed_seconds),
+    figures = {"from": started, "to": after["release"], "refused_upgrade_seconds": round(too_new_seconds),
+               "failed_upgrade_and_rollback_seconds": round(failed_seconds),
                "upgrade_seconds": round(upgrade_seconds), "element_failed_upgrade_and_rollback_seconds": round(element_seconds)}
     (EPHEMERAL / "upgrade-drill.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(f"upgrade drill: {figures}")
     return {"element_before": element_before, "element_failed": element_failed, "element_after": element_after,
-            "started": started, "snapshots_before": snapshots_before, "texts": texts, "file": hashlib.sha256(data).hexdigest(), "failed": failed,
+            "started": started, "too_new": too_new, "too_new_after": too_new_after, "snapshots_before": snapshots_before, "texts": texts, "file": hashlib.sha256(data).hexdigest(), "failed": failed,
             "after_failed": after_failed, "upgraded": upgraded, "after": after, "homeserver": homeserver}
 
 
 def test_the_drill_starts_from_the_older_release(drill):
     assert drill["started"] == FROM
+
+
+def test_an_upgrade_the_database_is_too_new_for_is_refused_while_the_older_release_serves(drill):
+    refused = drill["too_new"]
+    assert refused.returncode != 0, refused.stdout[-3000:]
+    said = " ".join(refused.stderr.split())
+    assert "cannot run on this database" in said and "needs 999 or later" in said, refused.stdout[-3000:] + said[-3000:]
+    assert f"Synapse {FROM} serves as before" in said, said[-3000:]
+    # Never stopped: the same process serves, and no pre-upgrade backup was taken (below).
+    assert drill["too_new_after"] == {"release": FROM, "same_process": True}
 
 
 def test_a_failed_upgrade_rolls_back_and_says_so(drill):
