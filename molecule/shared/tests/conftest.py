@@ -68,6 +68,7 @@ def recreate_containers(*names):
     """Fresh hosts in place of the named containers: they are removed (with everything on their
     disks) and created again from the scenario's platforms by molecule/shared/create.yml and
     prepare.yml, as `molecule create` does (same names and networks). The finished processes."""
+    names = list(dict.fromkeys(names))  # one host may hold several tiers
     subprocess.run(["docker", "rm", "--force", "--volumes", *names], check=True, capture_output=True, text=True)
     scenario = pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "molecule.yml"
     platforms = [p for p in yaml.safe_load(scenario.read_text())["platforms"] if p["name"] in names]
