@@ -43,7 +43,7 @@ lint() {
 }
 
 repository_tests() {
-  # Two workers or more (pytest-xdist): most of these tests wait on ansible-playbook runs.
+  # One worker per CPU (pytest-xdist): most of these tests wait on ansible-playbook runs.
   timed "repository tests" python -m pytest -q -n auto tests --ignore=tests/e2e
 }
 
