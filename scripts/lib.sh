@@ -10,15 +10,41 @@ export REPO_ROOT CACHE_DIR
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# role_default ROLE VARIABLE: the value of a role's default (roles/ROLE/defaults/main.yml), as
-# Ansible templates it (the project's virtualenv; no YAML parsed by hand).
-role_default() {
-  local role=$1 variable=$2
+# ansible_eval EXPRESSION VARS_FILE...: the value of a Jinja expression over the variables of
+# the given files, as Ansible templates it (the project's virtualenv; no YAML parsed by hand).
+# Strings print as they are, lists and dicts as JSON.
+ansible_eval() {
+  local expression=$1; shift
+  local files=() file
+  for file in "$@"; do files+=(-e "@${file}"); done
   (cd "$REPO_ROOT" && ANSIBLE_NOCOLOR=1 ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=json \
-    "${REPO_ROOT}/.venv/bin/ansible" localhost -c local -i localhost, \
-    -e "@${REPO_ROOT}/roles/${role}/defaults/main.yml" -m ansible.builtin.debug -a "var=${variable}") 2>/dev/null |
+    "${REPO_ROOT}/.venv/bin/ansible" localhost -c local -i localhost, "${files[@]}" \
+    -m ansible.builtin.debug -a "msg={{ ${expression} }}") 2>/dev/null |
     "${REPO_ROOT}/.venv/bin/python" -c 'import json, sys
-print(json.load(sys.stdin)["plays"][0]["tasks"][0]["hosts"]["localhost"][sys.argv[1]])' "$variable"
+value = json.load(sys.stdin)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+print(value if isinstance(value, str) else json.dumps(value))'
+}
+
+# role_default ROLE VARIABLE: the value of a role's default (roles/ROLE/defaults/main.yml).
+role_default() {
+  ansible_eval "$2" "${REPO_ROOT}/roles/$1/defaults/main.yml"
+}
+
+# roles_apt_packages [ROOT]: every Debian package the roles may install (the union of each
+# role's __<role>_apt_packages, over its defaults), one name per line, sorted. ROOT: the toolkit
+# tree to read (default: this one).
+roles_apt_packages() {
+  local root=${1:-$REPO_ROOT} files=() names=() vars role
+  for vars in "${root}"/roles/*/vars/main.yml; do
+    role=$(basename "$(dirname "$(dirname "$vars")")")
+    grep -q "^__${role}_apt_packages:" "$vars" || continue
+    names+=("__${role}_apt_packages")
+    files+=("${root}/roles/${role}/defaults/main.yml" "$vars")
+  done
+  local expression
+  expression="[$(IFS=,; echo "${names[*]}")] | map('dict2items') | flatten | map(attribute='value') | flatten | unique | sort"
+  ansible_eval "$expression" "${files[@]}" | "${REPO_ROOT}/.venv/bin/python" -c 'import json, sys
+print("\n".join(json.load(sys.stdin)))'
 }
 
 need_root() {

@@ -80,3 +80,32 @@ def test_every_synapse_lock_pins_and_hashes_every_package():
             names.append(head.split("==")[0])
         assert f"matrix-synapse=={version}" in [e.split(" ")[0] for e in entries], lock.name
         assert "psycopg2" not in names, f"{lock.name}: psycopg2 comes from Debian (python3-psycopg2)"
+
+
+def _apt_tasks(node):
+    """Every ansible.builtin.apt task in a task list, blocks included."""
+    for task in node or []:
+        if not isinstance(task, dict):
+            continue
+        if "ansible.builtin.apt" in task:
+            yield task
+        for key in ("block", "rescue", "always"):
+            yield from _apt_tasks(task.get(key))
+
+
+def test_every_package_a_role_installs_comes_from_its_apt_package_list():
+    # One place per role (vars/main.yml: __<role>_apt_packages): what the role installs is what
+    # the offline bundle carries and what its preflight checks for (scripts/bundle.sh).
+    checked = 0
+    for tasks_file in sorted(REPO.glob("roles/*/tasks/*.yml")):
+        role = tasks_file.parts[-3]
+        for task in _apt_tasks(yaml.safe_load(tasks_file.read_text())):
+            args = task["ansible.builtin.apt"] or {}
+            if args.get("state", "present") == "absent" or "name" not in args:
+                continue
+            names = args["name"]
+            assert isinstance(names, str) and re.fullmatch(
+                r"\{\{ __%s_apt_packages\.\w+( \+ __%s_apt_packages\.\w+)* \}\}" % (role, role), names
+            ), f"{tasks_file}: {task.get('name')}: install from __{role}_apt_packages, not {names!r}"
+            checked += 1
+    assert checked >= 20
