@@ -18,7 +18,7 @@
 #   wheels/controller/   wheels of requirements.txt, for the controller's virtualenv (Python 3.11)
 #   wheels/synapse/<v>/  the wheels of each Synapse lock file (roles/synapse/files/requirements/)
 #   element/             Element web's release tarball
-#   apt/                 an apt repository (suite matrix-bundle, component main, amd64): the Debian
+#   apt.tar              an apt repository (apt/ once unpacked) (suite matrix-bundle, component main, amd64): the Debian
 #                        packages every tier installs (each role's __<role>_apt_packages), the ones
 #                        the toolkit needs (python3-apt on the hosts; python3-venv, gpgv on the
 #                        controller), the packages of priority required and important (so that
@@ -27,8 +27,9 @@
 #                        the key itself as keyring.gpg
 #   MANIFEST.json        versions, every apt package and every file with its sha256
 #   MANIFEST.json.asc    detached signature of the manifest
-# Next to it: <archive>.sha256, <archive>.asc (detached signature) and matrix-bundle-key.asc, the
-# public key, which the site must get through another channel (or compare its fingerprint).
+# Next to it: <archive>.sha256, <archive>.asc (detached signature) and the public key
+# (matrix-bundle-key.asc, armored; .gpg, binary), which the site must get through another channel
+# (or compare its fingerprint).
 #
 # The key is made once (ed25519) and kept in MATRIX_BUNDLE_GNUPGHOME (default
 # .cache/bundle/gnupg): keep it as carefully as any signing key. Signatures are dated at the
@@ -150,6 +151,7 @@ APT::Architecture "amd64";
 APT::Architectures { "amd64"; };
 APT::Install-Recommends "false";
 Debug::NoLocking "true";
+APT::Sandbox::User "root";
 EOF
 apt_private() { APT_CONFIG="${APT_DIR}/apt.conf" "$@"; }
 log "apt-get update (private state)"
@@ -196,13 +198,20 @@ sys.stdout.write("\n\n".join(sorted(stanzas, key=key)) + "\n")' >dists/matrix-bu
 sign "${REPO}/dists/matrix-bundle/InRelease" "${REPO}/dists/matrix-bundle/Release" --clearsign
 sign "${REPO}/dists/matrix-bundle/Release.gpg" "${REPO}/dists/matrix-bundle/Release" --detach-sign
 gpg_bundle --export "$FINGERPRINT" >"${REPO}/keyring.gpg"
+# The package names and versions, for the manifest (before the repository becomes one file).
+cp "${REPO}/dists/matrix-bundle/main/binary-amd64/Packages" "${WORK}/Packages"
+# One file, so that each host receives it in one transfer and unpacks it (offline_bundle role).
+deterministic_tar() { tar --sort=name --mtime="@${EPOCH}" --owner=0 --group=0 --numeric-owner \
+  --mode='u+rwX,go+rX,go-w' --format=gnu "$@"; }
+deterministic_tar -C "$ROOT" -cf "${ROOT}/apt.tar" apt
+rm -rf "$REPO"
 
 # --- Manifest ------------------------------------------------------------------------------
 log "manifest"
-"${REPO_ROOT}/.venv/bin/python" - "$ROOT" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
+"${REPO_ROOT}/.venv/bin/python" - "$ROOT" "${WORK}/Packages" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
   "$ELEMENT_CHECKSUM" "${SYNAPSE_VERSIONS[@]}" <<'EOF'
 import hashlib, json, os, re, sys
-root, commit, epoch, fingerprint, element_version, element_checksum, *synapse = sys.argv[1:]
+root, packages_file, commit, epoch, fingerprint, element_version, element_checksum, *synapse = sys.argv[1:]
 files = {}
 for directory, _, names in os.walk(root):
     for name in names:
@@ -211,7 +220,7 @@ for directory, _, names in os.walk(root):
         with open(path, "rb") as handle:
             files[relative] = hashlib.sha256(handle.read()).hexdigest()
 packages = {}
-with open(os.path.join(root, "apt/dists/matrix-bundle/main/binary-amd64/Packages")) as handle:
+with open(packages_file) as handle:
     for stanza in handle.read().split("\n\n"):
         fields = dict(l.split(": ", 1) for l in stanza.splitlines() if ": " in l and not l.startswith(" "))
         if fields:
@@ -238,13 +247,13 @@ sign "${ROOT}/MANIFEST.json.asc" "${ROOT}/MANIFEST.json" --armor --detach-sign
 
 # --- The archive ---------------------------------------------------------------------------
 ARCHIVE="${OUT}/${NAME}.tar"
-tar --sort=name --mtime="@${EPOCH}" --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' \
-  --format=gnu -C "$WORK" -cf "$ARCHIVE" "$NAME"
+deterministic_tar -C "$WORK" -cf "$ARCHIVE" "$NAME"
 (cd "$OUT" && sha256sum "${NAME}.tar" >"${NAME}.tar.sha256")
 sign "${ARCHIVE}.asc" "$ARCHIVE" --armor --detach-sign
 gpg_bundle --armor --export "$FINGERPRINT" >"${OUT}/matrix-bundle-key.asc"
+gpg_bundle --export "$FINGERPRINT" >"${OUT}/matrix-bundle-key.gpg"
 
 size=$(du -m "$ARCHIVE" | cut -f1)
-log "built ${ARCHIVE} (${size} MiB, $(grep -c '^Package: ' "${REPO}/dists/matrix-bundle/main/binary-amd64/Packages") Debian packages) in $((SECONDS - started)) s"
+log "built ${ARCHIVE} (${size} MiB, $(grep -c '^Package: ' "${WORK}/Packages") Debian packages) in $((SECONDS - started)) s"
 log "signing key ${FINGERPRINT} (public key: ${OUT}/matrix-bundle-key.asc)"
 printf '%s\n' "$ARCHIVE"
