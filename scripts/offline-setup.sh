@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
     *) [ -z "$ARCHIVE" ] || usage; ARCHIVE=$1; shift ;;
   esac
 done
-[ -n "$ARCHIVE" ] && [ -n "$KEY" ] || usage
+{ [ -n "$ARCHIVE" ] && [ -n "$KEY" ]; } || usage
 [ -f "$ARCHIVE" ] || die "${ARCHIVE}: no such file"
 [ -f "${ARCHIVE}.asc" ] || die "${ARCHIVE}.asc: no such file (the archive's detached signature)"
 [ -f "$KEY" ] || die "${KEY}: no such file"
