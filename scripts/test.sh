@@ -75,7 +75,7 @@ case "${1:-all}" in
     set -m
     # shellcheck disable=SC2016  # expanded by the inner bash
     nice -n 10 bash -c 'start=$SECONDS; rc=0; molecule test -s "$1" >"$2" 2>&1 || rc=$?
-      echo "$rc $((SECONDS - start))" >"$2.rc"' vm "$VM_SCENARIO" "$LOG.vm" &
+      echo "$rc $((SECONDS - start))" >"$2.rc"' vm "$VM_SCENARIO" "$LOG.vm" </dev/null &
     vm_job=$!
     set +m
     lint
