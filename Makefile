@@ -1,5 +1,5 @@
 # Convenience targets; each calls the scripts the README documents.
-.PHONY: staging staging-deploy staging-check staging-down test lint unit scenario bench docs
+.PHONY: staging staging-deploy staging-check staging-down test lint unit scenario bench docs bundle
 
 staging:            ## set up everything, create the staging containers and deploy
 	scripts/staging.sh up
@@ -21,3 +21,5 @@ bench:              ## cold converge against the no-Ansible floor
 	scripts/bench-converge.sh
 docs:               ## regenerate the role README variable tables
 	.venv/bin/python scripts/role-docs.py
+bundle:             ## the offline bundle of a toolkit version: make bundle REF=v1.4.0 (default HEAD)
+	scripts/bundle.sh --ref $(or $(REF),HEAD)

@@ -289,12 +289,14 @@ class Checker:
             else:
                 res.notes.append(f"apt {key} = {', '.join(want)}")
 
-    def check_apt_label(self, label, res):
+    def check_apt_label(self, labels, res):
+        labels = [labels] if isinstance(labels, str) else labels
         for path in glob.glob("/var/lib/apt/lists/*Release"):
-            if re.search(rf"^Label: {re.escape(label)}$", read(path) or "", re.M):
-                res.notes.append(f"{label} source: {os.path.basename(path)}")
-                return
-        res.problems.append(f"no apt source with Label: {label} (apt-get update done?)")
+            for label in labels:
+                if re.search(rf"^Label: {re.escape(label)}$", read(path) or "", re.M):
+                    res.notes.append(f"{label} source: {os.path.basename(path)}")
+                    return
+        res.problems.append(f"no apt source with Label: {' or '.join(labels)} (apt-get update done?)")
 
     def check_apparmor(self, _, res):
         if self.container:
