@@ -17,11 +17,13 @@ ansible_eval() {
   local expression=$1; shift
   local files=() file
   for file in "$@"; do files+=(-e "@${file}"); done
-  (cd "$REPO_ROOT" && ANSIBLE_NOCOLOR=1 ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=json \
-    "${REPO_ROOT}/.venv/bin/ansible" localhost -c local -i localhost, "${files[@]}" \
+  # The repository's ansible.cfg, whatever the caller's (Molecule's enables more callbacks).
+  (cd "$REPO_ROOT" && ANSIBLE_CONFIG="${REPO_ROOT}/ansible.cfg" ANSIBLE_NOCOLOR=1 ANSIBLE_LOAD_CALLBACK_PLUGINS=1 \
+    ANSIBLE_STDOUT_CALLBACK=json "${REPO_ROOT}/.venv/bin/ansible" localhost -c local -i localhost, "${files[@]}" \
     -m ansible.builtin.debug -a "msg={{ ${expression} }}") 2>/dev/null |
     "${REPO_ROOT}/.venv/bin/python" -c 'import json, sys
-value = json.load(sys.stdin)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+report, _ = json.JSONDecoder().raw_decode(sys.stdin.read())
+value = report["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
 print(value if isinstance(value, str) else json.dumps(value))'
 }
 
