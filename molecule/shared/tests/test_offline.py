@@ -1,6 +1,6 @@
-"""The offline scenario's proof that the stack came from the bundle and from nowhere else.
+"""The offline proof: the stack came from the bundle and from nowhere else.
 
-Enabled by the scenario (`verifier: {env: {MATRIX_OFFLINE_TEST: "1"}}`, molecule/offline): the
+Enabled by the scenario (`verifier: {env: {MATRIX_OFFLINE_TEST: "1"}}`, molecule/default): the
 hosts sit on an internal Docker network and never got the controller's static host entries. The
 registries are the ones this controller uses (its static /etc/hosts entries, the hosts of its apt
 sources and of its pip index): the controller has a route to them, the hosts must not reach
@@ -97,3 +97,13 @@ def test_every_installed_package_is_the_bundle_version(name):
     for package in newer_elsewhere:
         check = server(name).run("dpkg --compare-versions %s lt %s", installed[package], bundled[package])
         assert check.rc == 0, (package, installed[package], bundled[package])
+
+
+@pytest.mark.parametrize("name", HOSTS)
+def test_unattended_upgrades_take_the_bundle_and_run_without_a_network(name):
+    """A newer bundle's packages reach the hosts unattended: the bundle's origin is allowed, and
+    a dry run goes through with no network."""
+    run = server(name).run("unattended-upgrade --dry-run --debug")
+    output = run.stdout + run.stderr
+    assert run.rc == 0, output[-3000:]
+    assert re.search(r"Allowed origins are: .*origin=matrix-bundle,label=matrix-bundle", output), output[-3000:]
