@@ -29,6 +29,7 @@ cleanup() {
     wait "$vm_job" 2>/dev/null || true
     molecule destroy -s "$VM_SCENARIO" >/dev/null 2>&1 || true
   fi
+  if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG.vm" "$LOG.vm.rc"; fi
   if [ -z "$engine_was_up" ] && [ "${MATRIX_KEEP_ENGINE:-}" != 1 ]; then
     "$REPO/scripts/docker-engine.sh" stop || true
   fi
@@ -98,5 +99,4 @@ echo "=== test command total: $((SECONDS - total_start)) s"
 # "N passed"; a failure stops this script before here.
 # (lint alone runs no test: grep finds nothing, which is not an error.)
 passed=$({ grep -oE '[0-9]+ passed' "$LOG" || true; } | awk '{n += $1} END {print n + 0}')
-rm -f "$LOG" "$LOG.vm" "$LOG.vm.rc"
 echo "tests: $passed passed, 0 failed"
