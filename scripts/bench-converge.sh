@@ -2,8 +2,9 @@
 # Cold converge against its floor, side by side in one run, on the same image.
 #   scripts/bench-converge.sh [SCENARIO...]     (default: default multi-host)
 # For each Molecule scenario: fresh hosts, cold converge of playbooks/site.yml,
-# then the idempotent re-run. Then the floor: one fresh host of the `default`
-# scenario where the same packages (the exact apt packages the converges
+# then the idempotent re-run (`default` deploys from the offline bundle, `multi-host` from the
+# mirror and the index). Then the floor: one fresh host of `multi-host` (online: `default`'s has
+# no route to the mirror) where the same packages (the exact apt packages the converges
 # installed, read back from dpkg) and the same Synapse release are installed
 # with apt-get and pip, no Ansible. Prints seconds and ratios.
 set -euo pipefail
@@ -52,10 +53,10 @@ done
 
 packages=$(sort -u "$installed" | tr '\n' ' ')
 echo "== floor (apt-get + pip on one fresh host, no Ansible): $packages+ matrix-synapse==$SYNAPSE_VERSION"
-current=default
-fresh default
+current=multi-host
+fresh multi-host
 t3=$(now)
-floor_host=$(hosts_of default | cut -d' ' -f1)
+floor_host=$(hosts_of multi-host | cut -d' ' -f1)
 docker cp "$LOCK" "$floor_host:/tmp/synapse-lock.txt"
 docker exec "$floor_host" bash -ec "
   export DEBIAN_FRONTEND=noninteractive
