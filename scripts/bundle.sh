@@ -70,7 +70,8 @@ BUNDLE_GNUPGHOME="${MATRIX_BUNDLE_GNUPGHOME:-${CACHE_DIR}/bundle/gnupg}"
 started=$SECONDS
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bundle.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# gpg starts an agent for the key's folder: stop it with the build.
+trap 'rm -rf "$WORK"; gpgconf --homedir "$BUNDLE_GNUPGHOME" --kill gpg-agent 2>/dev/null || true' EXIT
 ROOT="${WORK}/${NAME}"
 TOOLKIT="${ROOT}/toolkit"
 mkdir -p "$TOOLKIT" "$OUT"

@@ -56,6 +56,13 @@ def needed_packages():
 @pytest.fixture
 def bundle(tmp_path, needed_packages):
     """A sound bundle, its key (armored, as the site received it), and the signing home."""
+    yield from _bundle(tmp_path, needed_packages)
+    # gpg started an agent per key folder: stop them with the test.
+    for home in tmp_path.glob("*gnupg"):
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False)
+
+
+def _bundle(tmp_path, needed_packages):
     home = tmp_path / "gnupg"
     key = tmp_path / "site-key.asc"
     key.write_bytes(_key(home))
@@ -68,7 +75,7 @@ def bundle(tmp_path, needed_packages):
     (root / "element" / "element-v1.11.112.tar.gz").write_bytes(b"element")
     _write_manifest(root, {name: "1.0" for name in needed_packages})
     _sign(home, root)
-    return root, key, home
+    yield root, key, home
 
 
 def _verify(root, key):
