@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Cold converge against its floor, side by side in one run, on the same image.
-#   scripts/bench-converge.sh [SCENARIO...]     (default: default multi-host)
+#   scripts/bench-converge.sh [SCENARIO...]     (default: default-online default multi-host)
 # For each Molecule scenario: fresh hosts, cold converge of playbooks/site.yml,
 # then the idempotent re-run (`default` deploys from the offline bundle, `multi-host` from the
-# mirror and the index). Then the floor: one fresh host of `multi-host` (online: `default`'s has
+# mirror and the index; `default-online` is `default` with MATRIX_DEFAULT_OFFLINE=0: the same
+# host from the mirror and the index, so that offline/online compares like with like; the
+# bundle's build and the controller's set-up are prepare's, not timed). Then the floor: one fresh host of `multi-host` (online: `default`'s has
 # no route to the mirror) where the same packages (the exact apt packages the converges
 # installed, read back from dpkg) and the same Synapse release are installed
 # with apt-get and pip, no Ansible. Prints seconds and ratios.
@@ -15,7 +17,7 @@ source .venv/bin/activate
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-if [ $# -gt 0 ]; then SCENARIOS=("$@"); else SCENARIOS=(default multi-host); fi
+if [ $# -gt 0 ]; then SCENARIOS=("$@"); else SCENARIOS=(default-online default multi-host); fi
 SYNAPSE_VERSION=$(role_default synapse synapse_version)
 LOCK=roles/synapse/files/requirements/synapse-${SYNAPSE_VERSION}.txt
 LOGS=$(mktemp -d)
@@ -35,21 +37,27 @@ trap '[ -z "$current" ] || molecule destroy -s "$current" >/dev/null 2>&1 || tru
 
 declare -A converge rerun
 base=$(mktemp); installed=$(mktemp)
-for scenario in "${SCENARIOS[@]}"; do
+for label in "${SCENARIOS[@]}"; do
+  scenario=${label%-online}
+  if [ "$label" = default-online ]; then export MATRIX_DEFAULT_OFFLINE=0; else export MATRIX_DEFAULT_OFFLINE=1; fi
   current=$scenario
   read -ra hosts <<<"$(hosts_of "$scenario")"
-  echo "== $scenario: cold converge and re-run (${hosts[*]})"
+  echo "== $label: cold converge and re-run (${hosts[*]})"
   fresh "$scenario"
   manual_packages "${hosts[@]}" >"$base"
-  t0=$(now); molecule converge -s "$scenario" >"$LOGS/$scenario-converge.log" 2>&1; t1=$(now)
-  molecule converge -s "$scenario" >"$LOGS/$scenario-rerun.log" 2>&1; t2=$(now)
-  if grep -E 'changed=[1-9]|failed=[1-9]' "$LOGS/$scenario-rerun.log" | grep -v localhost >/dev/null; then
-    echo "the re-run of $scenario changed something: $LOGS/$scenario-rerun.log" >&2; exit 1
+  t0=$(now); molecule converge -s "$scenario" >"$LOGS/$label-converge.log" 2>&1; t1=$(now)
+  molecule converge -s "$scenario" >"$LOGS/$label-rerun.log" 2>&1; t2=$(now)
+  for step in converge rerun; do
+    grep -q 'failed=0' "$LOGS/$label-$step.log" || { echo "the $step of $label failed: $LOGS/$label-$step.log" >&2; exit 1; }
+  done
+  if grep -E 'changed=[1-9]|failed=[1-9]' "$LOGS/$label-rerun.log" | grep -v localhost >/dev/null; then
+    echo "the re-run of $label changed something: $LOGS/$label-rerun.log" >&2; exit 1
   fi
   comm -13 "$base" <(manual_packages "${hosts[@]}") >>"$installed"
-  converge[$scenario]=$(elapsed "$t0" "$t1"); rerun[$scenario]=$(elapsed "$t1" "$t2")
+  converge[$label]=$(elapsed "$t0" "$t1"); rerun[$label]=$(elapsed "$t1" "$t2")
   molecule destroy -s "$scenario" >/dev/null 2>&1; current=""
 done
+unset MATRIX_DEFAULT_OFFLINE
 
 packages=$(sort -u "$installed" | tr '\n' ' ')
 echo "== floor (apt-get + pip on one fresh host, no Ansible): $packages+ matrix-synapse==$SYNAPSE_VERSION"
@@ -69,9 +77,14 @@ t4=$(now)
 floor=$(elapsed "$t3" "$t4")
 
 echo
-printf '%-12s %16s %16s %16s %18s\n' scenario "cold converge s" "re-run s" "converge/floor" "re-run/converge"
+printf '%-14s %16s %16s %16s %18s\n' scenario "cold converge s" "re-run s" "converge/floor" "re-run/converge"
 for scenario in "${SCENARIOS[@]}"; do
-  python3 -c "import sys; c, r, f = map(float, sys.argv[2:]); print(f'{sys.argv[1]:<12} {c:16.1f} {r:16.1f} {c / f:16.2f} {r / c:18.2f}')" \
+  python3 -c "import sys; c, r, f = map(float, sys.argv[2:]); print(f'{sys.argv[1]:<14} {c:16.1f} {r:16.1f} {c / f:16.2f} {r / c:18.2f}')" \
     "$scenario" "${converge[$scenario]}" "${rerun[$scenario]}" "$floor"
 done
-printf 'floor (same packages, apt-get + pip, one host): %s s\nlogs: %s\n' "$floor" "$LOGS"
+printf 'floor (same packages, apt-get + pip, one host): %s s\n' "$floor"
+if [ -n "${converge[default]:-}" ] && [ -n "${converge[default-online]:-}" ]; then
+  python3 -c "import sys; o, n, ro, rn = map(float, sys.argv[1:]); print(f'offline/online, one host: cold converge {o / n:.2f}, re-run {ro / rn:.2f}')" \
+    "${converge[default]}" "${converge[default-online]}" "${rerun[default]}" "${rerun[default-online]}"
+fi
+printf 'logs: %s\n' "$LOGS"

@@ -4,6 +4,7 @@
 # Run it on a Debian 12 amd64 machine that reaches the Debian mirror and the Python index.
 #
 #   scripts/bundle.sh [--ref REF] [--out DIR] [--element-tarball FILE [--element-checksum sha256:HEX]]
+#                     [--extra-debs DIR]
 #
 #   --ref REF            the toolkit version to bundle (a commit, tag or branch; default HEAD). Everything
 #                        is read from that commit, not from the working tree.
@@ -12,8 +13,15 @@
 #                        downloaded from element_web_download_url. Either way its sha256 must match
 #                        element_web_checksum of that commit, or --element-checksum (a locally built
 #                        tarball, as the tests use).
+#   --extra-debs DIR     Debian packages (DIR/*.deb) to carry in the apt repository besides the
+#                        mirror's, each in place of the mirror's package of the same name: a
+#                        site's own fixed package, or (the tests) a newer version of one.
 #
-# The bundle (matrix-bundle-<commit>/ in DIR/matrix-bundle-<commit>.tar):
+# The bundle is named after the commit and its contents: matrix-bundle-<commit>-<digest>, the
+# digest being the first 8 hex digits of the sha256 of every file's path and sha256. A rebuild
+# of the same commit with newer packages (the mirror's security updates) is another bundle, with
+# another name; the same inputs give the same name.
+# The bundle (matrix-bundle-<commit>-<digest>/ in DIR/matrix-bundle-<commit>-<digest>.tar):
 #   toolkit/             the toolkit at that commit (git archive)
 #   wheels/controller/   wheels of requirements.txt, for the controller's virtualenv (Python 3.11)
 #   wheels/synapse/<v>/  the wheels of each Synapse lock file (roles/synapse/files/requirements/)
@@ -43,19 +51,22 @@ REF=HEAD
 OUT="${REPO_ROOT}/dist"
 ELEMENT_TARBALL=""
 ELEMENT_CHECKSUM=""
+EXTRA_DEBS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --ref) REF=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --element-tarball) ELEMENT_TARBALL=$(realpath "$2"); shift 2 ;;
     --element-checksum) ELEMENT_CHECKSUM=$2; shift 2 ;;
-    *) echo "usage: $0 [--ref REF] [--out DIR] [--element-tarball FILE [--element-checksum sha256:HEX]]" >&2
+    --extra-debs) EXTRA_DEBS=$(realpath "$2"); shift 2 ;;
+    *) echo "usage: $0 [--ref REF] [--out DIR] [--element-tarball FILE [--element-checksum sha256:HEX]] [--extra-debs DIR]" >&2
        exit 2 ;;
   esac
 done
 [ -z "$ELEMENT_CHECKSUM" ] || [ -n "$ELEMENT_TARBALL" ] || die "--element-checksum goes with --element-tarball"
 [[ -z "$ELEMENT_CHECKSUM" || "$ELEMENT_CHECKSUM" =~ ^sha256:[0-9a-f]{64}$ ]] \
   || die "--element-checksum: expected sha256:<64 hex digits>"
+[ -z "$EXTRA_DEBS" ] || compgen -G "${EXTRA_DEBS}/*.deb" >/dev/null || die "--extra-debs ${EXTRA_DEBS}: no .deb file there"
 
 need_root
 apt_install apt-utils gnupg curl
@@ -65,14 +76,14 @@ COMMIT=$(git -C "$REPO_ROOT" rev-parse --verify "${REF}^{commit}") || die "unkno
 SHORT=${COMMIT:0:12}
 EPOCH=$(git -C "$REPO_ROOT" log -1 --format=%ct "$COMMIT")
 export SOURCE_DATE_EPOCH=$EPOCH
-NAME="matrix-bundle-${SHORT}"
 BUNDLE_GNUPGHOME="${MATRIX_BUNDLE_GNUPGHOME:-${CACHE_DIR}/bundle/gnupg}"
 started=$SECONDS
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/bundle.XXXXXX")
 # gpg starts an agent for the key's folder: stop it with the build.
 trap 'rm -rf "$WORK"; gpgconf --homedir "$BUNDLE_GNUPGHOME" --kill gpg-agent 2>/dev/null || true' EXIT
-ROOT="${WORK}/${NAME}"
+# Named once its contents are known (below).
+ROOT="${WORK}/bundle"
 TOOLKIT="${ROOT}/toolkit"
 mkdir -p "$TOOLKIT" "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -161,28 +172,26 @@ mapfile -t TIER_PACKAGES < <(roles_apt_packages "$TOOLKIT")
 # The toolkit's own: python3-apt for Ansible's apt module on the hosts; the controller's
 # virtualenv and signature checks.
 TOOLKIT_PACKAGES=(python3-apt python3-venv gpgv openssh-client)
-mapfile -t BASE_PACKAGES < <(apt_private apt-cache dumpavail | "${REPO_ROOT}/.venv/bin/python" -c '
-import sys
-for stanza in sys.stdin.read().split("\n\n"):
-    fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
-    if fields.get("Priority") in ("required", "important") and fields.get("Architecture") in ("amd64", "all"):
-        print(fields["Package"])' | sort -u)
+DEBINDEX=("${REPO_ROOT}/.venv/bin/python" "${REPO_ROOT}/scripts/debindex.py")
+mapfile -t BASE_PACKAGES < <(apt_private apt-cache dumpavail | "${DEBINDEX[@]}" base)
 log "apt: ${#TIER_PACKAGES[@]} tier packages, ${#TOOLKIT_PACKAGES[@]} for the toolkit, ${#BASE_PACKAGES[@]} of the base system, with their dependencies"
 DEBIAN_FRONTEND=noninteractive apt_private apt-get install -qq -y --download-only --no-install-recommends \
   "${TIER_PACKAGES[@]}" "${TOOLKIT_PACKAGES[@]}" "${BASE_PACKAGES[@]}" >/dev/null
 REPO="${ROOT}/apt"
 mkdir -p "${REPO}/pool/main" "${REPO}/dists/matrix-bundle/main/binary-amd64"
 mv "${APT_DIR}"/archives/*.deb "${REPO}/pool/main/"
+if [ -n "$EXTRA_DEBS" ]; then
+  for deb in "${EXTRA_DEBS}"/*.deb; do
+    package=$(dpkg-deb --field "$deb" Package)
+    log "apt: ${package} $(dpkg-deb --field "$deb" Version) from ${deb}, in place of the mirror's"
+    rm -f "${REPO}/pool/main/${package}_"*.deb
+    cp "$deb" "${REPO}/pool/main/"
+  done
+fi
 (
   cd "$REPO"
   # Sorted stanzas, whatever order the directory walk gives.
-  apt-ftparchive packages pool | "${REPO_ROOT}/.venv/bin/python" -c '
-import sys
-stanzas = [s for s in sys.stdin.read().split("\n\n") if s.strip()]
-def key(s):
-    f = dict(l.split(": ", 1) for l in s.splitlines() if ": " in l and not l.startswith(" "))
-    return (f["Package"], f["Version"])
-sys.stdout.write("\n\n".join(sorted(stanzas, key=key)) + "\n")' >dists/matrix-bundle/main/binary-amd64/Packages
+  apt-ftparchive packages pool | "${DEBINDEX[@]}" sort >dists/matrix-bundle/main/binary-amd64/Packages
   gzip -9n -k dists/matrix-bundle/main/binary-amd64/Packages
   apt-ftparchive \
     -o APT::FTPArchive::Release::Origin=matrix-bundle \
@@ -200,18 +209,25 @@ sign "${REPO}/dists/matrix-bundle/InRelease" "${REPO}/dists/matrix-bundle/Releas
 sign "${REPO}/dists/matrix-bundle/Release.gpg" "${REPO}/dists/matrix-bundle/Release" --detach-sign
 gpg_bundle --export "$FINGERPRINT" >"${REPO}/keyring.gpg"
 # The package names and versions, for the manifest (before the repository becomes one file).
-cp "${REPO}/dists/matrix-bundle/main/binary-amd64/Packages" "${WORK}/Packages"
+"${DEBINDEX[@]}" versions <"${REPO}/dists/matrix-bundle/main/binary-amd64/Packages" >"${WORK}/packages.json"
+PACKAGE_COUNT=$(grep -c '^Package: ' "${REPO}/dists/matrix-bundle/main/binary-amd64/Packages")
 # One file, so that each host receives it in one transfer and unpacks it (offline_bundle role).
 deterministic_tar() { tar --sort=name --mtime="@${EPOCH}" --owner=0 --group=0 --numeric-owner \
   --mode='u+rwX,go+rX,go-w' --format=gnu "$@"; }
 deterministic_tar -C "$ROOT" -cf "${ROOT}/apt.tar" apt
 rm -rf "$REPO"
 
-# --- Manifest ------------------------------------------------------------------------------
-log "manifest"
-"${REPO_ROOT}/.venv/bin/python" - "$ROOT" "${WORK}/Packages" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
+# --- Name and manifest ---------------------------------------------------------------------
+# The name: the commit and a digest of every file (path and sha256), so that another content is
+# another name, on the controller and on the hosts (/var/lib/matrix-bundle/<name>).
+DIGEST=$(cd "$ROOT" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum | cut -c1-8)
+NAME="matrix-bundle-${SHORT}-${DIGEST}"
+mv "$ROOT" "${WORK}/${NAME}"
+ROOT="${WORK}/${NAME}"
+log "manifest (${NAME})"
+"${REPO_ROOT}/.venv/bin/python" - "$ROOT" "${WORK}/packages.json" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
   "$ELEMENT_CHECKSUM" "${SYNAPSE_VERSIONS[@]}" <<'EOF'
-import hashlib, json, os, re, sys
+import hashlib, json, os, sys
 root, packages_file, commit, epoch, fingerprint, element_version, element_checksum, *synapse = sys.argv[1:]
 files = {}
 for directory, _, names in os.walk(root):
@@ -220,12 +236,8 @@ for directory, _, names in os.walk(root):
         relative = os.path.relpath(path, root)
         with open(path, "rb") as handle:
             files[relative] = hashlib.sha256(handle.read()).hexdigest()
-packages = {}
 with open(packages_file) as handle:
-    for stanza in handle.read().split("\n\n"):
-        fields = dict(l.split(": ", 1) for l in stanza.splitlines() if ": " in l and not l.startswith(" "))
-        if fields:
-            packages[fields["Package"]] = fields["Version"]
+    packages = json.load(handle)
 manifest = {
     "format": 1,
     "bundle": os.path.basename(root),
@@ -255,6 +267,6 @@ gpg_bundle --armor --export "$FINGERPRINT" >"${OUT}/matrix-bundle-key.asc"
 gpg_bundle --export "$FINGERPRINT" >"${OUT}/matrix-bundle-key.gpg"
 
 size=$(du -m "$ARCHIVE" | cut -f1)
-log "built ${ARCHIVE} (${size} MiB, $(grep -c '^Package: ' "${WORK}/Packages") Debian packages) in $((SECONDS - started)) s"
+log "built ${ARCHIVE} (${size} MiB, ${PACKAGE_COUNT} Debian packages) in $((SECONDS - started)) s"
 log "signing key ${FINGERPRINT} (public key: ${OUT}/matrix-bundle-key.asc)"
 printf '%s\n' "$ARCHIVE"

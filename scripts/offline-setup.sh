@@ -7,7 +7,7 @@
 #   BUNDLE.tar   the archive, with BUNDLE.tar.asc beside it
 #   --key KEY    the bundle's public key as the site received it, through another channel than
 #                the bundle (armored .asc or binary .gpg): the trust anchor
-#   --dest DIR   where to unpack (default: beside the archive, <dir>/matrix-bundle-<commit>/)
+#   --dest DIR   where to unpack (default: beside the archive, <dir>/matrix-bundle-<commit>-<digest>/)
 #
 # It verifies the archive's signature (gpgv), unpacks it, verifies the manifest's signature and
 # every file's sha256 (roles/offline_bundle/files/verify_bundle.py, the check the deployment's
@@ -45,7 +45,8 @@ started=$SECONDS
 ARCHIVE=$(realpath "$ARCHIVE")
 KEY=$(realpath "$KEY")
 NAME=$(basename "$ARCHIVE" .tar)
-[[ $NAME =~ ^matrix-bundle-[0-9a-f]{12}$ ]] || die "${ARCHIVE}: not a bundle name (matrix-bundle-<commit>.tar)"
+[[ $NAME =~ ^matrix-bundle-[0-9a-f]{12}-[0-9a-f]{8}$ ]] \
+  || die "${ARCHIVE}: not a bundle name (matrix-bundle-<commit>-<digest>.tar)"
 DEST=$(realpath -m "${DEST:-$(dirname "$ARCHIVE")/${NAME}}")
 
 WORK=$(mktemp -d)

@@ -8,6 +8,7 @@ signed with a key made for the test): what is checked is the verification, not t
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -66,7 +67,7 @@ def _bundle(tmp_path, needed_packages):
     home = tmp_path / "gnupg"
     key = tmp_path / "site-key.asc"
     key.write_bytes(_key(home))
-    root = tmp_path / "matrix-bundle-0123456789ab"
+    root = tmp_path / "matrix-bundle-0123456789ab-89abcdef"
     (root / "wheels" / "synapse" / "1.163.2").mkdir(parents=True)
     (root / "element").mkdir()
     (root / "toolkit").mkdir()
@@ -78,10 +79,29 @@ def _bundle(tmp_path, needed_packages):
     yield root, key, home
 
 
-def _verify(root, key):
+def _report(root, key):
     result = subprocess.run(["python3", str(VERIFY), str(root), str(key)], capture_output=True, text=True,
                             check=True)
-    return json.loads(result.stdout)["errors"]
+    return json.loads(result.stdout)
+
+
+def _verify(root, key):
+    return _report(root, key)["errors"]
+
+
+def test_the_bundle_name_is_the_signed_one_wherever_it_is_unpacked(bundle, tmp_path, needed_packages):
+    """The hosts keep the repository under the manifest's name (/var/lib/matrix-bundle/<name>),
+    not under the controller's folder name; a signed name that is not a bundle name is refused."""
+    root, key, home = bundle
+    elsewhere = tmp_path / "unpacked-here"
+    shutil.copytree(root, elsewhere)
+    assert _report(elsewhere, key) | {"packages": None} == _report(root, key) | {"packages": None}
+    assert _report(elsewhere, key)["bundle"] == root.name
+    manifest = json.loads((root / "MANIFEST.json").read_text())
+    manifest["bundle"] = "../../etc"
+    (root / "MANIFEST.json").write_text(json.dumps(manifest))
+    _sign(home, root)
+    assert _verify(root, key) == ["MANIFEST.json: bundle name '../../etc' is not matrix-bundle-<commit>-<digest>"]
 
 
 def test_a_sound_bundle_verifies_and_every_change_is_named(bundle, tmp_path):

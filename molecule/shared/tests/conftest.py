@@ -120,14 +120,15 @@ def pytest_configure(config):
 
 
 # The drills change the stack: the upgrade drill runs first (every other check then sees the
-# upgraded stack), the restore drill last (the checks before it see the stack it restores).
-FIRST, LAST = ("test_upgrade.py",), ("test_restore.py",)
+# upgraded stack), the restore drill and the offline update last (the checks before them see the
+# stack as deployed).
+FIRST, LAST = ("test_upgrade.py",), ("test_restore.py", "test_offline_update.py")
 
 
 def pytest_terminal_summary(terminalreporter):
     """The drills' figures at the end of the verify output (the ephemeral directory where they
     are written goes with the scenario's destroy)."""
-    for name in ("upgrade-drill.json", "restore-drill.json", "fault-drills.json"):
+    for name in ("upgrade-drill.json", "restore-drill.json", "fault-drills.json", "offline-update.json"):
         path = EPHEMERAL / name
         if path.is_file():
             terminalreporter.write_line(f"{name}: {json.dumps(json.loads(path.read_text()))}")

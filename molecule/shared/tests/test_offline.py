@@ -16,13 +16,22 @@ import subprocess
 import urllib.parse
 
 import pytest
+import yaml
 
 from conftest import EPHEMERAL, REPO, hosts_of, server
 
 pytestmark = pytest.mark.skipif(os.environ.get("MATRIX_OFFLINE_TEST") != "1",
                                 reason="offline checks not enabled for this scenario (MATRIX_OFFLINE_TEST=1)")
 
-BUNDLE = next(EPHEMERAL.glob("bundle/matrix-bundle-*/MANIFEST.json"), pathlib.Path("/nonexistent")).parent
+def _deployed_bundle():
+    """The bundle the scenario deployed from: the one the set-up's offline-bundle.yml names."""
+    settings = EPHEMERAL / "bundle" / "offline-bundle.yml"
+    if not settings.is_file():
+        return pathlib.Path("/nonexistent")
+    return pathlib.Path(yaml.safe_load(settings.read_text())["matrix_offline_bundle"])
+
+
+BUNDLE = _deployed_bundle()
 
 
 def _registries():

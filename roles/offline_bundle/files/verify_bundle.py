@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ def sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+NAME = re.compile(r"^matrix-bundle-[0-9a-f]{12}-[0-9a-f]{8}$")
 
 
 def main(bundle, key):
@@ -59,6 +63,12 @@ def main(bundle, key):
         return result
     with open(manifest_path) as handle:
         manifest = json.load(handle)
+    # The name the hosts keep the repository under (/var/lib/matrix-bundle/<name>): the signed
+    # one, whatever folder the bundle was unpacked into.
+    name = str(manifest.get("bundle", ""))
+    if not NAME.match(name):
+        errors.append(f"MANIFEST.json: bundle name {name!r} is not matrix-bundle-<commit>-<digest>")
+    result["bundle"] = name
     files = manifest.get("files", {})
     for relative, expected in sorted(files.items()):
         path = os.path.join(bundle, relative)
