@@ -11,7 +11,7 @@ REPO=$PWD
 # Container scenarios in the order they run: the harness itself, fast per-role feedback, then
 # the full stack on one host (with the audit), on one host with no route to any registry (from
 # the offline bundle), and on four.
-SCENARIOS=(harness role-hardening role-nftables role-postgresql role-coturn role-proxy default multi-host)
+SCENARIOS=(harness role-hardening role-nftables role-postgresql role-coturn role-redis role-proxy default multi-host)
 # The host baseline on a real-kernel VM runs beside them, from the start, at low priority: the
 # container scenarios leave about half of the CPU idle (they wait on package downloads and on
 # services starting), and the emulated VM is CPU-bound. (The whole stack on that VM, molecule/vm,
