@@ -67,14 +67,15 @@ current=default
 fresh default
 t3=$(now)
 floor_host=$(hosts_of default | cut -d' ' -f1)
-docker cp "$LOCK" "$floor_host:/tmp/synapse-lock.txt"
+# Not /tmp: a tmpfs in the container, which docker cp does not write into.
+docker cp "$LOCK" "$floor_host:/root/synapse-lock.txt"
 docker exec "$floor_host" bash -ec "
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $packages >/dev/null
   python3 -m venv /opt/floor
-  /opt/floor/bin/pip install -q --require-hashes --only-binary=:all: -r /tmp/synapse-lock.txt
-" >"$LOGS/floor.log" 2>&1
+  /opt/floor/bin/pip install -q --require-hashes --only-binary=:all: -r /root/synapse-lock.txt
+" >"$LOGS/floor.log" 2>&1 || { echo "the floor failed: $LOGS/floor.log" >&2; exit 1; }
 t4=$(now)
 floor=$(elapsed "$t3" "$t4")
 

@@ -218,14 +218,11 @@ deterministic_tar -C "$ROOT" -cf "${ROOT}/apt.tar" apt
 rm -rf "$REPO"
 
 # --- Name and manifest ---------------------------------------------------------------------
-# The name: the commit and a digest of every file (path and sha256), so that another content is
-# another name, on the controller and on the hosts (/var/lib/matrix-bundle/<name>).
-DIGEST=$(cd "$ROOT" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum | cut -c1-8)
-NAME="matrix-bundle-${SHORT}-${DIGEST}"
-mv "$ROOT" "${WORK}/${NAME}"
-ROOT="${WORK}/${NAME}"
-log "manifest (${NAME})"
-"${REPO_ROOT}/.venv/bin/python" - "$ROOT" "${WORK}/packages.json" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
+# One pass over every file: its sha256 for the manifest, and the name, the commit and a digest of
+# every file's path and sha256, so that another content is another name, on the controller and on
+# the hosts (/var/lib/matrix-bundle/<name>).
+log "manifest"
+NAME=$("${REPO_ROOT}/.venv/bin/python" - "$ROOT" "${WORK}/packages.json" "$COMMIT" "$EPOCH" "$FINGERPRINT" "$ELEMENT_VERSION" \
   "$ELEMENT_CHECKSUM" "${SYNAPSE_VERSIONS[@]}" <<'EOF'
 import hashlib, json, os, sys
 root, packages_file, commit, epoch, fingerprint, element_version, element_checksum, *synapse = sys.argv[1:]
@@ -236,11 +233,14 @@ for directory, _, names in os.walk(root):
         relative = os.path.relpath(path, root)
         with open(path, "rb") as handle:
             files[relative] = hashlib.sha256(handle.read()).hexdigest()
+files = dict(sorted(files.items()))
+digest = hashlib.sha256("".join(f"{sha}  {path}\n" for path, sha in files.items()).encode()).hexdigest()
+bundle = f"matrix-bundle-{commit[:12]}-{digest[:8]}"
 with open(packages_file) as handle:
     packages = json.load(handle)
 manifest = {
     "format": 1,
-    "bundle": os.path.basename(root),
+    "bundle": bundle,
     "toolkit": {"commit": commit, "date": int(epoch)},
     "signing_key": fingerprint,
     "debian": {"release": "12", "architecture": "amd64", "suite": "matrix-bundle",
@@ -250,12 +250,17 @@ manifest = {
                     "file": f"element/element-v{element_version}.tar.gz"},
     "controller": {"python": "3.11",
                    "wheels": sorted(n for n in files if n.startswith("wheels/controller/"))},
-    "files": dict(sorted(files.items())),
+    "files": files,
 }
 with open(os.path.join(root, "MANIFEST.json"), "w") as handle:
     json.dump(manifest, handle, indent=1, sort_keys=True)
     handle.write("\n")
+print(bundle)
 EOF
+)
+mv "$ROOT" "${WORK}/${NAME}"
+ROOT="${WORK}/${NAME}"
+log "named ${NAME}"
 sign "${ROOT}/MANIFEST.json.asc" "${ROOT}/MANIFEST.json" --armor --detach-sign
 
 # --- The archive ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ The times go to offline-update.json (printed at the end of the verify output).
 """
 import json
 import os
+import pathlib
 import subprocess
 import tarfile
 import time
@@ -45,7 +46,7 @@ def update(tmp_path_factory):
     """Build the newer bundle, set the controller up from it, publish it twice: its facts."""
     settings = yaml.safe_load((EPHEMERAL / "bundle" / "offline-bundle.yml").read_text())
     deployed, key = settings["matrix_offline_bundle"], settings["matrix_offline_bundle_key"]
-    manifest = json.loads((EPHEMERAL / "bundle" / os.path.basename(deployed) / "MANIFEST.json").read_text())
+    manifest = json.loads(pathlib.Path(deployed, "MANIFEST.json").read_text())
     work = tmp_path_factory.mktemp("offline-update")
     times = {}
 
