@@ -6,9 +6,10 @@
 # platform: Debian 12, CPython 3.11, x86_64 (glibc 2.36). The synapse role installs it with
 # pip --require-hashes --only-binary=:all: from one index (or the offline bundle's wheels).
 #
-# Without Synapse's [postgres] extra: psycopg2 is Debian's python3-psycopg2 (built against
-# Debian's libpq and patched by Debian's security updates; pip would need a compiler and the
-# libpq headers on the host), the one package the virtualenv sees from the system.
+# With Synapse's [redis] extra (txredisapi, hiredis: the workers' replication, docs/synapse.md).
+# Without its [postgres] extra: psycopg2 is Debian's python3-psycopg2 (built against Debian's
+# libpq and patched by Debian's security updates; pip would need a compiler and the libpq
+# headers on the host), the one package the virtualenv sees from the system.
 #
 # Usage: scripts/lock-synapse.sh [VERSION...]   (default: the role's synapse_version)
 # Needs the index the controller's pip uses (run it where the registries are reachable).
@@ -26,7 +27,8 @@ mkdir -p "$out_dir"
 for version in "${versions[@]}"; do
   [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "not a Synapse release: '$version' (x.y.z)"
   work=$(mktemp -d)
-  echo "matrix-synapse==${version}" > "$work/synapse.in"
+  # [redis]: the workers' replication (txredisapi, hiredis); the rest of the closure as published.
+  echo "matrix-synapse[redis]==${version}" > "$work/synapse.in"
   out=$out_dir/synapse-${version}.txt
   log "locking matrix-synapse==${version} into $out"
   # The header names the command, not the machine or the index it ran against.

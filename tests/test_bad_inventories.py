@@ -123,6 +123,18 @@ def _with(**changes):
 
 
 CASES = {
+    "workers without Redis": (
+        _with(matrix_synapse_workers="small"),
+        "Synapse's workers need exactly one host in matrix_redis (found 0)",
+    ),
+    "unknown worker preset": (
+        _with(matrix_synapse_workers="medium"),
+        "matrix_synapse_workers is 'medium': use none, small, large or a list of workers",
+    ),
+    "worker with an unknown duty": (
+        _with(matrix_synapse_workers=[{"name": "sync1", "duties": ["synch"]}]),
+        "worker sync1 has unknown duties ['synch']",
+    ),
     "missing server name": (_without("matrix_server_name"), "matrix_server_name is not set"),
     "invalid host name": (
         _with(matrix_homeserver_fqdn="matrix_hs.example.gouv.fr"),
@@ -255,6 +267,32 @@ def test_valid_inventory_passes_validation_then_needs_the_hosts(tmp_path):
     assert "PLAY [Check the hosts]" in output, output
     assert "UNREACHABLE" in output, output
     assert "failed=1" not in output.split("PLAY [Check the hosts]")[0], output
+
+
+def _worker_inventory(tmp_path, **changes):
+    """Two homeserver hosts (the second of workers only) and Redis."""
+    inventory = _write_inventory(tmp_path, _with(matrix_synapse_workers="small", **changes),
+                                 groups=("matrix_db", "matrix_homeserver", "matrix_turn", "matrix_proxy", "matrix_redis"))
+    hosts = yaml.safe_load((inventory / "hosts.yml").read_text())
+    hosts["matrix"]["children"]["matrix_homeserver"]["hosts"]["homeserver2.example.gouv.fr"] = None
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts))
+    return inventory
+
+
+def test_worker_layout_passes_validation_then_needs_the_hosts(tmp_path):
+    secrets = {"matrix_redis_password": "r" * 40, "matrix_synapse_replication_secret": "s" * 40}
+    result = _site(_worker_inventory(tmp_path, **secrets))
+    output = result.stdout + result.stderr
+    assert "PLAY [Check the hosts]" in output, output
+    assert "failed=1" not in output.split("PLAY [Check the hosts]")[0], output
+
+
+def test_worker_layout_without_its_secrets_is_stopped(tmp_path):
+    result = _site(_worker_inventory(tmp_path))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "matrix_redis_password is not set: put it in your inventory vault" in output, output
+    assert "UNREACHABLE" not in output, output
 
 
 def _options(role):

@@ -18,6 +18,7 @@ A view, as seen from that host:
   serves       whether this host is one of them
   reach        the address of each server, in server order, as this host reaches it: loopback
                for itself, the private address for another host
+  address_of   the same as {server: address}
   listen       the addresses this host listens on for its clients (none unless it serves):
                loopback if a client is on this host, the private address if one is elsewhere
                or the item admits networks
@@ -68,12 +69,15 @@ def matrix_topology(services, groups, addresses, host):
             "servers": servers,
             "serves": serves,
             "reach": [LOOPBACK if s == host else addresses[s] for s in servers],
+            "address_of": {s: LOOPBACK if s == host else addresses[s] for s in servers},
             "listen": listen,
             "local_client": local_client,
             "clients": remote_clients if serves else [],
             "remote": any(c != s for c in clients for s in servers),
         }
-        if serves:
+        # A service whose port list is empty on this host (a worker port on a host without
+        # workers) opens nothing.
+        if serves and service.get("ports"):
             view["rule"] = {
                 "name": name,
                 "protocol": service.get("protocol", ""),

@@ -1,11 +1,13 @@
 #!/usr/bin/python3
 """Stand-in for Synapse in the role-proxy scenario (test only).
 
-Answers every request on 127.0.0.1:8008 with what it received, as JSON: the
-method, the request target exactly as it arrived (to prove nginx passes the
-URI on without canonicalising it), the headers and the body length.
+Answers every request on 127.0.0.1:PORT (argument, default 8008: the main
+process; other ports stand for workers) with what it received, as JSON: the
+port, the method, the request target exactly as it arrived (to prove nginx
+passes the URI on without canonicalising it), the headers and the body length.
 """
 import json
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,6 +25,7 @@ class Echo(BaseHTTPRequestHandler):
         data = json.dumps(
             {
                 "fake_upstream": True,
+                "port": self.server.server_address[1],
                 "method": self.command,
                 "target": self.path,
                 "headers": {name.lower(): value for name, value in self.headers.items()},
@@ -41,4 +44,4 @@ class Echo(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", 8008), Echo).serve_forever()
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 8008), Echo).serve_forever()
