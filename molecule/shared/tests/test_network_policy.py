@@ -41,7 +41,7 @@ TIER_PORTS = [
 ]
 TURN_UDP_PORT = 3478
 TURN_DTLS_PORT = 5349
-SERVER_GROUPS = ("matrix_db", "matrix_homeserver", "matrix_proxy")
+SERVER_GROUPS = ("matrix_db", "matrix_homeserver", "matrix_redis", "matrix_proxy")
 
 
 def _fact(name):
@@ -147,9 +147,29 @@ def test_port_matrix_matches_the_service_map(matrix, capsys):
 
 
 def test_synapse_http_only_from_the_proxy_hosts(matrix, hosts):
-    for homeserver in hosts_of("matrix_homeserver"):
+    # The main process, on the first homeserver host (its workers: the next test).
+    for homeserver in hosts_of("matrix_homeserver")[:1]:
         others = [s for s in reachable_from(matrix, homeserver, "tcp", 8008) if s != homeserver]
         assert others == sorted(set(hosts_of("matrix_proxy")) - {homeserver})
+
+
+def test_workers_from_the_proxies_replication_and_redis_between_homeserver_hosts_only(matrix, facts):
+    """Synapse's workers (scenarios with workers): their HTTP listeners admit the proxy hosts, the
+    replication listeners and Redis the homeserver hosts, and no one else."""
+    allowed = {"synapse-workers": hosts_of("matrix_proxy"), "synapse-replication": hosts_of("matrix_homeserver"),
+               "redis": hosts_of("matrix_homeserver")}
+    checked = 0
+    for host, fact in facts.items():
+        for rule in fact["input_rules"]:
+            for port in rule["ports"] if rule["name"] in allowed else []:
+                others = [s for s in reachable_from(matrix, host, "tcp", int(port)) if s != host]
+                assert others == sorted(set(allowed[rule["name"]]) - {host}), (host, rule["name"], port)
+                # Open: a listener answers, not only the firewall letting through.
+                for source in others:
+                    assert matrix[0][(host, "tcp", int(port), source)][1] == "open", (source, host, port)
+                checked += 1
+    if not checked:
+        pytest.skip("no Synapse workers in this scenario")
 
 
 def test_postgresql_only_from_the_homeserver_hosts(matrix):
@@ -163,7 +183,7 @@ def test_ssh_only_from_the_admin_networks(matrix, hosts):
     # also lets the homeserver in (its SFTP repository, service map item backup-sftp).
     for name in hosts:
         others = [s for s in reachable_from(matrix, name, "tcp", 22) if s != name]
-        backups = hosts_of("matrix_homeserver") if name in hosts_of("matrix_backup") else []
+        backups = hosts_of("matrix_homeserver")[:1] if name in hosts_of("matrix_backup") else []
         assert others == sorted([CONTROLLER] + backups)
 
 
@@ -184,7 +204,7 @@ def test_services_answer_where_the_map_opens_them(matrix):
     checks = [(h, "tcp", p, CONTROLLER) for h in hosts_of("matrix_proxy") for p in (80, 443)]
     checks += [(h, proto, p, CONTROLLER) for h in hosts_of("matrix_turn")
                for proto, p in (("udp", TURN_UDP_PORT), ("tcp", TURN_UDP_PORT), ("tcp", 5349), ("udp", TURN_DTLS_PORT))]
-    checks += [(h, "tcp", 8008, s) for h in hosts_of("matrix_homeserver") for s in hosts_of("matrix_proxy") if s != h]
+    checks += [(h, "tcp", 8008, s) for h in hosts_of("matrix_homeserver")[:1] for s in hosts_of("matrix_proxy") if s != h]
     checks += [(h, "tcp", 5432, s) for h in hosts_of("matrix_db") for s in hosts_of("matrix_homeserver") if s != h]
     not_open = [f"{s} -> {h}:{p}/{proto}: {cells[(h, proto, p, s)][1]}" for h, proto, p, s in checks
                 if cells[(h, proto, p, s)][1] != "open"]
