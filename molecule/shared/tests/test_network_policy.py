@@ -83,12 +83,24 @@ def relay_port(facts):
     pytest.fail("no host records the turn-relay rule of the service map")
 
 
+# Items whose every port is probed (the others: one port of each range).
+EVERY_PORT = ("synapse-workers", "synapse-replication", "redis")
+
+
+def every_port(element):
+    """The ports of an nft port element ("8101" or "8101-8105")."""
+    first, _, last = str(element).partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 @pytest.fixture(scope="module")
 def ports(facts, relay_port):
     found = set(TIER_PORTS) | {("udp", relay_port)}
     for fact in facts.values():
         for rule in fact["input_rules"]:
-            if rule["name"] != "turn-relay":
+            if rule["name"] in EVERY_PORT:
+                found |= {(rule["protocol"], port) for e in rule["ports"] for port in every_port(e)}
+            elif rule["name"] != "turn-relay":
                 found |= {(rule["protocol"], netprobe.sample_port(e)) for e in rule["ports"]}
     return sorted(found, key=lambda p: (p[1], p[0]))
 
@@ -161,12 +173,12 @@ def test_workers_from_the_proxies_replication_and_redis_between_homeserver_hosts
     checked = 0
     for host, fact in facts.items():
         for rule in fact["input_rules"]:
-            for port in rule["ports"] if rule["name"] in allowed else []:
-                others = [s for s in reachable_from(matrix, host, "tcp", int(port)) if s != host]
+            for port in [p for e in rule["ports"] for p in every_port(e)] if rule["name"] in allowed else []:
+                others = [s for s in reachable_from(matrix, host, "tcp", port) if s != host]
                 assert others == sorted(set(allowed[rule["name"]]) - {host}), (host, rule["name"], port)
                 # Open: a listener answers, not only the firewall letting through.
                 for source in others:
-                    assert matrix[0][(host, "tcp", int(port), source)][1] == "open", (source, host, port)
+                    assert matrix[0][(host, "tcp", port, source)][1] == "open", (source, host, port)
                 checked += 1
     if not checked:
         pytest.skip("no Synapse workers in this scenario")
