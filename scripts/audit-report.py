@@ -33,7 +33,13 @@ PROJECT_UNITS = {
     "matrix-synapse.service": "matrix_homeserver",
     "coturn.service": "matrix_turn",
 }
+# Units of the project whose names vary: Synapse's workers (docs/workers.md) and Redis.
+PROJECT_UNIT_PATTERN = re.compile(r"^(matrix-synapse-worker@[a-z0-9_]+|redis-server)\.service$")
 UNIT_EXPOSURE_MAX = 2.0
+
+
+def is_project_unit(unit):
+    return unit in PROJECT_UNITS or bool(PROJECT_UNIT_PATTERN.match(unit))
 # Synapse settings whose hardened value the project sets (roles/synapse/vars/main.yml).
 SYNAPSE_EXPECTED = {
     "enable_registration": False,
@@ -260,7 +266,7 @@ def parse_host(name, evidence):
     except json.JSONDecodeError:
         units = []
     host["units"] = sorted(({"unit": u["unit"], "exposure": float(u["exposure"]), "predicate": u["predicate"],
-                             "project": u["unit"] in PROJECT_UNITS} for u in units), key=lambda u: u["unit"])
+                             "project": is_project_unit(u["unit"])} for u in units), key=lambda u: u["unit"])
     if not units:
         findings.append(finding(name, "units", "UNITS", "fail",
                                 f"systemd-analyze security gave nothing: {units_probe['stderr'][:300]}"))
@@ -275,14 +281,17 @@ def parse_host(name, evidence):
                                 if c.get("exposure") not in (None, "", "0.0", 0)), key=lambda c: str(c["name"]))
     host["unit_details"] = details
     scored = {u["unit"]: u for u in host["units"]}
-    for unit, group in sorted(PROJECT_UNITS.items()):
+    # A homeserver host other than the first may run workers only: then no main process there.
+    has_workers = any(u.startswith("matrix-synapse-worker@") for u in scored)
+    expected = {u: g for u, g in PROJECT_UNITS.items() if not (u == "matrix-synapse.service" and has_workers)}
+    for unit in sorted(set(expected) | {u for u in scored if is_project_unit(u)}):
         if unit in scored:
             if scored[unit]["exposure"] > UNIT_EXPOSURE_MAX:
                 findings.append(finding(name, "units", f"UNIT-{unit}", "fail",
                                         f"exposure {scored[unit]['exposure']} {scored[unit]['predicate']} "
                                         f"(target <= {UNIT_EXPOSURE_MAX})"))
-        elif group in groups:
-            findings.append(finding(name, "units", f"UNIT-{unit}", "fail", f"not loaded on a {group} host"))
+        elif unit in expected and expected[unit] in groups:
+            findings.append(finding(name, "units", f"UNIT-{unit}", "fail", f"not loaded on a {expected[unit]} host"))
 
     # Listening sockets against the service map.
     services = evidence.get("services")
