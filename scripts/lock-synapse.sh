@@ -28,7 +28,10 @@ for version in "${versions[@]}"; do
   [[ $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "not a Synapse release: '$version' (x.y.z)"
   work=$(mktemp -d)
   # [redis]: the workers' replication (txredisapi, hiredis); the rest of the closure as published.
-  echo "matrix-synapse[redis]==${version}" > "$work/synapse.in"
+  # txredisapi 1.6.0 breaks Synapse's Redis connection at start ("'super' object has no attribute
+  # 'startedConnecting'", Synapse 1.160.0 in the multi-host scenario); Synapse 1.163 caps it
+  # below 1.6.0 itself: the same cap for the releases before.
+  printf '%s\n' "matrix-synapse[redis]==${version}" "txredisapi<1.6.0" > "$work/synapse.in"
   out=$out_dir/synapse-${version}.txt
   log "locking matrix-synapse==${version} into $out"
   # The header names the command, not the machine or the index it ran against.
