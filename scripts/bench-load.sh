@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Load benchmark (docs/capacity.md): the same Matrix load, side by side in one run, against
+#   stock     stock Synapse of the toolkit's release (molecule/bench-stock: pip, its generated
+#             configuration, Debian's PostgreSQL on the same host; no proxy, no hardening),
+#   monolith  the toolkit's whole stack on one host, Synapse as one process, through the TLS proxy
+#             (molecule/bench-monolith),
+#   workers   the same host with Redis and the `small` preset's workers (molecule/bench-workers).
+# For each N (interleaved: stock, monolith, workers, then the next N), fresh accounts and
+# tests/load/matrix_load.py: N matrix-nio clients in E2EE rooms, syncing, each sending at a set
+# rate. Prints the table and the ratios; keeps every run's figures in reports/.
+#   scripts/bench-load.sh [--users "50 100 200"] [--rate 0.05] [--duration 60] [--room-size 10] [--keep]
+# Traffic goes only to the three containers it creates; every loop is bounded (messages per
+# client, deadlines). About 40 minutes on 2 cores for the defaults (converges included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
+
+USERS="50 100 200" RATE=0.05 DURATION=60 ROOM_SIZE=10 KEEP=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --users) USERS=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --room-size) ROOM_SIZE=$2; shift 2 ;;
+    --keep) KEEP=yes; shift ;;
+    *) die "usage: $0 [--users \"50 100 200\"] [--rate R] [--duration S] [--room-size K] [--keep]" ;;
+  esac
+done
+for n in $USERS; do
+  [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] && [ "$n" -le 2000 ] || die "--users: each N must be a whole number from 2 to 2000, not $n"
+done
+
+scripts/bootstrap.sh >/dev/null 2>&1 || die "scripts/bootstrap.sh failed (run it alone to see why)"
+# shellcheck disable=SC1091
+source .venv/bin/activate
+
+BENCH_SYNAPSE_VERSION=$(role_default synapse synapse_version)
+export BENCH_SYNAPSE_VERSION
+SCENARIOS=(bench-stock bench-monolith bench-workers)
+EPHEMERAL_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/molecule/$(basename "$PWD")
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=reports/bench-load-$STAMP
+mkdir -p "$OUT"
+
+cleanup() {
+  [ -n "$KEEP" ] && return 0
+  for s in "${SCENARIOS[@]}"; do molecule destroy -s "$s" >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+
+address_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
+
+for s in "${SCENARIOS[@]}"; do
+  log "$s: create, prepare, converge (Synapse $BENCH_SYNAPSE_VERSION)"
+  start=$SECONDS
+  { molecule destroy -s "$s" && molecule create -s "$s" && molecule prepare -s "$s" --force &&
+    molecule converge -s "$s"; } >"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
+  log "$s: ready in $((SECONDS - start)) s"
+done
+
+stock_secret=$(docker exec bench-stock /opt/stock-synapse/bin/python -c \
+  'import yaml; print(yaml.safe_load(open("/etc/stock-synapse/homeserver.yaml"))["registration_shared_secret"])')
+
+# run SETUP N: register N fresh accounts on SETUP's homeserver, then the load generator.
+run() {
+  local setup=$1 n=$2 container secret args=()
+  case "$setup" in
+    stock)
+      container=bench-stock secret=$stock_secret
+      args=(--homeserver "http://$(address_of bench-stock):8008") ;;
+    monolith|workers)
+      if [ "$setup" = monolith ]; then container=bench-mono; else container=bench-wk; fi
+      local credentials=$EPHEMERAL_ROOT/bench-$setup/credentials
+      [ -f "$credentials/ca/ca.crt" ] || die "no staging CA at $credentials/ca/ca.crt"
+      secret=$(cat "$credentials/synapse_registration_shared_secret")
+      args=(--homeserver https://matrix.example.test --address "$(address_of "$container")"
+            --names matrix.example.test example.test --ca "$credentials/ca/ca.crt") ;;
+  esac
+  local accounts=$OUT/$setup-$n-accounts.json
+  docker exec -i "$container" python3 - http://127.0.0.1:8008 "$secret" "b${n}u" "$n" \
+    <tests/load/register_users.py >"$accounts" || die "registering $n accounts on $setup failed"
+  log "$setup, N=$n: load"
+  python tests/load/matrix_load.py --label "$setup" "${args[@]}" --accounts "$accounts" \
+    --containers "$container" --room-size "$ROOM_SIZE" --rate "$RATE" --duration "$DURATION" \
+    >>"$OUT/results.jsonl" 2>>"$OUT/load.log" || die "the load generator failed against $setup (N=$n): $OUT/load.log"
+  rm -f "$accounts"
+}
+
+for n in $USERS; do
+  for setup in stock monolith workers; do run "$setup" "$n"; done
+done
+
+python tests/load/summary.py "$OUT/results.jsonl" | tee "$OUT/summary.txt"
+log "figures: $OUT"
