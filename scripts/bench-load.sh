@@ -8,7 +8,9 @@
 # For each N (interleaved: stock, monolith, workers, then the next N), fresh accounts and
 # tests/load/matrix_load.py: N matrix-nio clients in E2EE rooms, syncing, each sending at a set
 # rate. Prints the table and the ratios; keeps every run's figures in reports/.
-#   scripts/bench-load.sh [--users "50 100 200"] [--rate 0.05] [--duration 60] [--room-size 10] [--keep]
+#   scripts/bench-load.sh [--users "50 100 200"] [--rate 0.05] [--duration 60] [--room-size 10] [--keep] [--reuse]
+# --keep leaves the three deployments up; --reuse runs against those a --keep run left (no new
+# converge: for more runs on the same deployments).
 # Traffic goes only to the three containers it creates; every loop is bounded (messages per
 # client, deadlines). About 40 minutes on 2 cores for the defaults (converges included).
 set -euo pipefail
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-USERS="50 100 200" RATE=0.05 DURATION=60 ROOM_SIZE=10 KEEP=""
+USERS="50 100 200" RATE=0.05 DURATION=60 ROOM_SIZE=10 KEEP="" REUSE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --users) USERS=$2; shift 2 ;;
@@ -24,7 +26,8 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift 2 ;;
     --room-size) ROOM_SIZE=$2; shift 2 ;;
     --keep) KEEP=yes; shift ;;
-    *) die "usage: $0 [--users \"50 100 200\"] [--rate R] [--duration S] [--room-size K] [--keep]" ;;
+    --reuse) REUSE=yes KEEP=yes; shift ;;
+    *) die "usage: $0 [--users \"50 100 200\"] [--rate R] [--duration S] [--room-size K] [--keep] [--reuse]" ;;
   esac
 done
 for n in $USERS; do
@@ -38,24 +41,33 @@ source .venv/bin/activate
 BENCH_SYNAPSE_VERSION=$(role_default synapse synapse_version)
 export BENCH_SYNAPSE_VERSION
 SCENARIOS=(bench-stock bench-monolith bench-workers)
-EPHEMERAL_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/molecule/$(basename "$PWD")
+# Each scenario's Molecule state and credentials (the staging CA, the registration secret), in a
+# known place.
+EPHEMERAL_ROOT=$CACHE_DIR/bench-load
+molecule_in() { local s=$1; shift; MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule "$@" -s "$s"; }
+container_of() { case "$1" in bench-stock) echo bench-stock ;; bench-monolith) echo bench-mono ;; bench-workers) echo bench-wk ;; esac; }
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=reports/bench-load-$STAMP
 mkdir -p "$OUT"
 
 cleanup() {
   [ -n "$KEEP" ] && return 0
-  for s in "${SCENARIOS[@]}"; do molecule destroy -s "$s" >/dev/null 2>&1 || true; done
+  for s in "${SCENARIOS[@]}"; do molecule_in "$s" destroy >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
 
 address_of() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$1"; }
 
 for s in "${SCENARIOS[@]}"; do
+  if [ -n "$REUSE" ]; then
+    [ "$(docker inspect -f '{{.State.Running}}' "$(container_of "$s")" 2>/dev/null)" = true ] && [ -d "$EPHEMERAL_ROOT/$s" ] ||
+      die "--reuse: $s is not up from an earlier --keep run"
+    continue
+  fi
   log "$s: create, prepare, converge (Synapse $BENCH_SYNAPSE_VERSION)"
   start=$SECONDS
-  { molecule destroy -s "$s" && molecule create -s "$s" && molecule prepare -s "$s" --force &&
-    molecule converge -s "$s"; } >"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
+  { molecule_in "$s" destroy && molecule_in "$s" create && molecule_in "$s" prepare --force &&
+    molecule_in "$s" converge; } >"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
   log "$s: ready in $((SECONDS - start)) s"
 done
 

@@ -16,8 +16,8 @@ One run against one deployment:
      last deliveries.
 Everything is bounded: a fixed number of messages per client, every wait has a deadline.
 
-The server side's CPU and memory are read from the test hosts (`docker exec` of ps, and the
-container's cgroup on this machine) at the start and the end of the idle and load phases. Prints one
+The server side's CPU and memory are read from the test hosts (each process's CPU time and
+proportional memory from /proc, through `docker exec`; the container's CPU from its cgroup) at the start and the end of the idle and load phases. Prints one
 JSON object (the run's figures) on stdout; progress on stderr.
 
 The HTTP client (staging CA, the proxy's address for the public names) is tests/e2e's.
@@ -114,18 +114,36 @@ async def command_output(*argv: str) -> str:
     return out.decode()
 
 
+# Run by the container's own python3: every process's command line, CPU time (utime + stime)
+# and proportional memory (PSS: PostgreSQL's shared buffers counted once, not per backend).
+PROCESS_LISTING = """
+import json, os
+tick = os.sysconf("SC_CLK_TCK")
+out = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        args = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip()
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        pss = next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        continue
+    if args:
+        out.append([args, (int(stat[11]) + int(stat[12])) / tick, pss])
+print(json.dumps(out))
+"""
+
+
 async def host_sample(container: str) -> dict:
-    """{cpu_total_s, processes: {class: {cpu_s, rss_mib}}} of one container, now."""
+    """{cpu_total_s, processes: {class: {cpu_s, pss_mib}}} of one container, now."""
     container_id = (await command_output("docker", "inspect", "-f", "{{.Id}}", container)).strip()
-    listing = await command_output("docker", "exec", container, "ps", "-eo", "rss=,times=,args=")
+    listing = json.loads(await command_output("docker", "exec", container, "python3", "-c", PROCESS_LISTING))
     sample = {"cpu_total_s": container_cpu_seconds(container_id), "processes": {}}
-    for line in listing.splitlines():
-        rss, cpu, args = line.split(None, 2)
+    for args, cpu, pss in listing:
         name = process_class(args)
         if name:
-            entry = sample["processes"].setdefault(name, {"cpu_s": 0.0, "rss_mib": 0.0})
-            entry["cpu_s"] += int(cpu)
-            entry["rss_mib"] += int(rss) / 1024
+            entry = sample["processes"].setdefault(name, {"cpu_s": 0.0, "pss_mib": 0.0})
+            entry["cpu_s"] += cpu
+            entry["pss_mib"] += pss / 1024
     return sample
 
 
@@ -135,9 +153,9 @@ async def servers_sample(containers: list[str]) -> dict:
     for sample in samples:
         merged["cpu_total_s"] += sample["cpu_total_s"]
         for name, entry in sample["processes"].items():
-            total = merged["processes"].setdefault(name, {"cpu_s": 0.0, "rss_mib": 0.0})
+            total = merged["processes"].setdefault(name, {"cpu_s": 0.0, "pss_mib": 0.0})
             total["cpu_s"] += entry["cpu_s"]
-            total["rss_mib"] += entry["rss_mib"]
+            total["pss_mib"] += entry["pss_mib"]
     return merged
 
 
@@ -146,7 +164,7 @@ def usage(before: dict, after: dict, seconds: float) -> dict:
     processes = {}
     for name, entry in after["processes"].items():
         cpu = entry["cpu_s"] - before["processes"].get(name, {}).get("cpu_s", 0.0)
-        processes[name] = {"cpu_s": round(cpu, 1), "rss_mib": round(entry["rss_mib"], 1)}
+        processes[name] = {"cpu_s": round(cpu, 1), "pss_mib": round(entry["pss_mib"], 1)}
     cpu_total = after["cpu_total_s"] - before["cpu_total_s"]
     return {"seconds": round(seconds, 1), "cpu_total_s": round(cpu_total, 1),
             "cores": round(cpu_total / seconds, 2) if seconds else None, "processes": processes}

@@ -7,7 +7,7 @@ Reads the JSON lines matrix_load.py wrote (one per run: set-up label, N users) a
   - the growth with N, per set-up (relative to the smallest N);
   - the costs the capacity model uses (docs/capacity.md): CPU-seconds per connected idle user
     per second, CPU-seconds per message sent (server side, the idle cost taken off), per
-    delivery, and the memory per user (slope of the Synapse processes' RSS over N).
+    delivery, and the memory per user (slope of the Synapse processes' PSS over N).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from collections import defaultdict
 SETUPS = ("stock", "monolith", "workers")
 
 
-def synapse_rss(run: dict) -> float:
-    return sum(p["rss_mib"] for name, p in run["load"]["processes"].items() if name.startswith("synapse:"))
+def synapse_pss(run: dict) -> float:
+    return sum(p["pss_mib"] for name, p in run["load"]["processes"].items() if name.startswith("synapse:"))
 
 
 def lat(run: dict | None, q: int):
@@ -68,7 +68,7 @@ def main(path: str) -> None:
             procs = sum(1 for name in r["load"]["processes"] if name.startswith("synapse:"))
             print(f"{setup:<9} {n:>4} {n * r['rate_per_user']:>9.2f} {r['sent_per_s']:>7.2f} {r['delivered_per_s']:>8.2f} "
                   f"{lat(r, 50)!s:>7} {lat(r, 95)!s:>7} {lat(r, 99)!s:>7} {r['error_rate'] * 100:>6.2f}% {r['load']['cores']:>6.2f} "
-                  f"{r['idle']['cores']:>5.2f} {synapse_rss(r):>11.0f} {procs:>5}")
+                  f"{r['idle']['cores']:>5.2f} {synapse_pss(r):>11.0f} {procs:>5}")
     print()
     print("Ratios, per N (throughput = deliveries/s; latency = send-to-receive p95):")
     for n in sizes:
@@ -95,7 +95,7 @@ def main(path: str) -> None:
             if r:
                 cells.append(f"N={n}: x{ratio(r['delivered_per_s'], base['delivered_per_s'])} "
                              f"x{ratio(lat(r, 95), lat(base, 95))} "
-                             f"x{ratio(synapse_rss(r), synapse_rss(base))} x{ratio(r['load']['cores'], base['load']['cores'])}")
+                             f"x{ratio(synapse_pss(r), synapse_pss(base))} x{ratio(r['load']['cores'], base['load']['cores'])}")
         print(f"  {setup:<9} " + "; ".join(cells))
     print()
     print("Costs (server side, all processes of the set-up; the capacity model of docs/capacity.md):")
@@ -104,7 +104,7 @@ def main(path: str) -> None:
         if not mine:
             continue
         per_run = [costs(r) for r in mine]
-        memory = slope([(r["users"], synapse_rss(r)) for r in mine])
+        memory = slope([(r["users"], synapse_pss(r)) for r in mine])
 
         def mean(key):
             values = [c[key] for c in per_run if c[key] is not None]
@@ -119,7 +119,7 @@ def main(path: str) -> None:
         r = by.get((setup, sizes[-1]))
         if r:
             parts = sorted(r["load"]["processes"].items(), key=lambda item: -item[1]["cpu_s"])
-            print(f"  {setup:<9} " + ", ".join(f"{name} {p['cpu_s']:.0f} s/{p['rss_mib']:.0f} MiB" for name, p in parts)
+            print(f"  {setup:<9} " + ", ".join(f"{name} {p['cpu_s']:.0f} s/{p['pss_mib']:.0f} MiB" for name, p in parts)
                   + f"; load generator {r['generator_cpu_s']:.0f} s")
 
 
