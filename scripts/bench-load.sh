@@ -34,6 +34,12 @@ for n in $USERS; do
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] && [ "$n" -le 2000 ] || die "--users: each N must be a whole number from 2 to 2000, not $n"
 done
 
+# The load generator's bounds, checked before any converge (tests/load/matrix_load.py checks
+# them again).
+python3 -c 'import sys; r, d, k = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+sys.exit(not (0.001 <= r <= 1 and 5 <= d <= 1800 and 2 <= k <= 100))' "$RATE" "$DURATION" "$ROOM_SIZE" 2>/dev/null ||
+  die "--rate must be 0.001 to 1 (messages/s per user), --duration 5 to 1800 (s), --room-size 2 to 100"
+
 scripts/bootstrap.sh >/dev/null 2>&1 || die "scripts/bootstrap.sh failed (run it alone to see why)"
 # shellcheck disable=SC1091
 source .venv/bin/activate
