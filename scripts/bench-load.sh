@@ -83,12 +83,12 @@ stock_secret=$(docker exec bench-stock /opt/stock-synapse/bin/python -c \
 # run SETUP N: register N fresh accounts on SETUP's homeserver, then the load generator.
 run() {
   local setup=$1 n=$2 container secret args=()
+  container=$(container_of "bench-$setup")
   case "$setup" in
     stock)
-      container=bench-stock secret=$stock_secret
-      args=(--homeserver "http://$(address_of bench-stock):8008") ;;
+      secret=$stock_secret
+      args=(--homeserver "http://$(address_of "$container"):8008") ;;
     monolith|workers)
-      if [ "$setup" = monolith ]; then container=bench-mono; else container=bench-wk; fi
       local credentials=$EPHEMERAL_ROOT/bench-$setup/credentials
       [ -f "$credentials/ca/ca.crt" ] || die "no staging CA at $credentials/ca/ca.crt"
       secret=$(cat "$credentials/synapse_registration_shared_secret")

@@ -330,9 +330,13 @@ class Bench:
             await self.send(client, f"bench {message_id} {sent_at:.6f}")
 
     async def run(self) -> dict:
+        containers = self.options.containers.split(",")
+        with tempfile.TemporaryDirectory(prefix="matrix-load-") as store:
+            return await self._run(containers, Path(store))
+
+    async def _run(self, containers: list[str], store: Path) -> dict:
+        """run(), with the clients' E2EE stores in a folder removed afterwards."""
         options = self.options
-        containers = options.containers.split(",")
-        store = Path(tempfile.mkdtemp(prefix="matrix-load-"))
         async with await self.session() as session:
             started = time.monotonic()
             await self.set_up(session, store)
