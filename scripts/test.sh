@@ -72,8 +72,8 @@ case "${1:-all}" in
     # The VM scenario (its create builds the VM image when the cache has none) at nice 10, in its
     # own process group (job control, so that cleanup can stop all of it) but in this session:
     # a new session (setsid) gets its own scheduler autogroup, where nice counts for nothing
-    # against this one. The container scenarios keep the CPU they need; its log is printed when
-    # it ends.
+    # against this one (QEMU's -daemonize starts one: scripts/vm.sh gives that autogroup this
+    # niceness). The container scenarios keep the CPU they need; its log is printed when it ends.
     set -m
     # shellcheck disable=SC2016  # expanded by the inner bash
     nice -n 10 bash -c 'start=$SECONDS; rc=0; molecule test -s "$1" >"$2" 2>&1 || rc=$?

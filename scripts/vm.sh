@@ -68,7 +68,7 @@ tap_name() {
 }
 
 cmd_start() {
-  local name="$1" dir="$2" pubkey="$3" image pid ssh_address ssh_port address tap netdev
+  local name="$1" dir="$2" pubkey="$3" image pid ssh_address ssh_port address tap netdev own_nice
   [ -r "$pubkey" ] || die "public key ${pubkey} not readable"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
@@ -136,6 +136,15 @@ cmd_start() {
     || { cat "${dir}/qemu.log" >&2; die "QEMU failed to start ${name}"; }
   exec 8>&-
   pid="$(vm_pid "$dir")" || die "QEMU did not stay up (see ${dir}/console.log)"
+  # -daemonize starts a new session, hence a new scheduler autogroup: at its default weight it
+  # takes its equal share of the CPU against the Docker containers' cgroup and the caller's
+  # session, whatever the caller's nice value (an emulated VM always has work). Give the
+  # autogroup the caller's niceness so that `nice scripts/vm.sh start` means it (scripts/test.sh
+  # runs the VM scenario at nice 10 beside the container scenarios).
+  own_nice="$(nice)"
+  if [ "$own_nice" -gt 0 ] && [ -w "/proc/${pid}/autogroup" ]; then
+    echo "$own_nice" >"/proc/${pid}/autogroup" || log "could not lower the VM's CPU priority"
+  fi
   printf 'pid=%s\nssh_address=%s\nssh_port=%s\naddress=%s\nimage=%s\n' \
     "$pid" "$ssh_address" "$ssh_port" "$address" "$image" \
     | tee "${dir}/vm.env"
