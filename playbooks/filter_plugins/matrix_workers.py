@@ -12,7 +12,7 @@ replication_base: the same for the stream writers' replication listeners
 main_replication_port: the main process's replication listener (with workers only)
 
 The layout (the same on every host; group_vars/all/workers.yml):
-  workers        [{name, host, duties, app, http_port, routed, resources, replication_port}]
+  workers        [{name, host, unit, duties, app, http_port, routed, resources, replication_port}]
                  routed: the proxy sends requests to it (otherwise its listener is /health only,
                  on loopback)
   errors         what is wrong with the specs, one sentence each (preflight shows them)
@@ -155,6 +155,7 @@ def matrix_synapse_worker_layout(specs, homeservers, http_base, replication_base
             workers.append({
                 "name": name,
                 "host": host,
+                "unit": f"matrix-synapse-worker@{name}.service",
                 "duties": duties,
                 "app": "synapse.app.media_repository" if "media" in duties else "synapse.app.generic_worker",
                 "http_port": http_base + index,

@@ -32,8 +32,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from unit_security import MAX_EXPOSURE, exposure, open_items  # noqa: E402
 
 HOMESERVERS = hosts_of("matrix_homeserver")
+_SETTINGS = RUNNER.get_variables(HOMESERVERS[0])
+HTTP_BASE = int(_SETTINGS["matrix_synapse_worker_http_port_base"])
+REPLICATION_BASE = int(_SETTINGS["matrix_synapse_worker_replication_port_base"])
+MAIN_REPLICATION_PORT = int(_SETTINGS["matrix_synapse_replication_port"])
+REDIS_PORT = int(_SETTINGS["matrix_redis_port"])
 LAYOUT = _workers.matrix_synapse_worker_layout(
-    {h: RUNNER.get_variables(h).get("matrix_synapse_workers", "none") for h in HOMESERVERS}, HOMESERVERS, 8101, 9101, 9093)
+    {h: RUNNER.get_variables(h).get("matrix_synapse_workers", "none") for h in HOMESERVERS}, HOMESERVERS,
+    HTTP_BASE, REPLICATION_BASE, MAIN_REPLICATION_PORT)
 WORKERS = LAYOUT["workers"]
 pytestmark = pytest.mark.skipif(not WORKERS, reason="no Synapse workers in this scenario")
 
@@ -129,13 +135,13 @@ def alice():
 def test_each_worker_runs_in_the_sandbox_of_the_main_process(name):
     worker = next(w for w in WORKERS if w["name"] == name)
     host = server(worker["host"])
-    unit = f"matrix-synapse-worker@{name}"
+    unit = worker["unit"]
     assert host.service(unit).is_running and host.service(unit).is_enabled, journal(worker["host"], unit)
     props = dict(line.split("=", 1) for line in host.check_output(
         "systemctl show %s -p User -p ProtectSystem -p NoNewPrivileges -p PrivateUsers -p CapabilityBoundingSet", unit).splitlines())
     assert props == {"User": "matrix-synapse", "ProtectSystem": "strict", "NoNewPrivileges": "yes", "PrivateUsers": "yes",
                      "CapabilityBoundingSet": ""}
-    level, verdict, report = exposure(host, f"{unit}.service")
+    level, verdict, report = exposure(host, unit)
     print(f"{worker['host']}: {unit} exposure {level} {verdict}")
     assert level <= MAX_EXPOSURE, f"{unit} exposure {level} {verdict}\n{open_items(report)}"
     # The main process's host: the worker is part of matrix-synapse.service (stopped and
@@ -205,8 +211,9 @@ def test_a_stopped_sync_worker_leaves_clients_syncing_through_the_others(alice):
     marker = uuid.uuid4().hex
     assert alice.call("GET", f"/_matrix/client/v3/sync?timeout=0&since={since}", marker=marker)[0] == 200
     serving = process_of(marker)
-    host = server(next(w["host"] for w in WORKERS if w["name"] == serving))
-    unit = f"matrix-synapse-worker@{serving}"
+    worker = next(w for w in WORKERS if w["name"] == serving)
+    host = server(worker["host"])
+    unit = worker["unit"]
     host.check_output("systemctl stop %s", unit)
     try:
         for _ in range(3):
@@ -225,5 +232,6 @@ def test_replication_and_redis_listen_only_for_the_homeserver_hosts():
     for name in HOMESERVERS + hosts_of("matrix_redis"):
         listening = server(name).socket.get_listening_sockets()
         wide = [s for s in listening if s.startswith(("tcp://0.0.0.0:", "tcp://:::")) and
-                int(s.rsplit(":", 1)[1]) in (6379, 9093) + tuple(range(8101, 8151)) + tuple(range(9101, 9151))]
+                int(s.rsplit(":", 1)[1]) in {REDIS_PORT, MAIN_REPLICATION_PORT} | {w["http_port"] for w in WORKERS}
+                | {w["replication_port"] for w in WORKERS if w["replication_port"]}]
         assert wide == [], (name, wide)
