@@ -21,6 +21,7 @@ import pathlib
 import sys
 
 import pytest
+import yaml
 
 from conftest import CREDENTIALS, HOMESERVER_FQDN, REPO, RUNNER, SERVER_NAME, address_of, first, hosts_of, journal, server
 
@@ -32,11 +33,19 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from unit_security import MAX_EXPOSURE, exposure, open_items  # noqa: E402
 
 HOMESERVERS = hosts_of("matrix_homeserver")
-_SETTINGS = RUNNER.get_variables(HOMESERVERS[0])
-HTTP_BASE = int(_SETTINGS["matrix_synapse_worker_http_port_base"])
-REPLICATION_BASE = int(_SETTINGS["matrix_synapse_worker_replication_port_base"])
-MAIN_REPLICATION_PORT = int(_SETTINGS["matrix_synapse_replication_port"])
-REDIS_PORT = int(_SETTINGS["matrix_redis_port"])
+# The scenario's inventory does not load the shared wiring (the playbooks' group_vars): its
+# fixed ports come from group_vars/all/matrix.yml unless the inventory sets them.
+_WIRING = yaml.safe_load((REPO / "group_vars" / "all" / "matrix.yml").read_text())
+
+
+def _port(name):
+    return int(RUNNER.get_variables(HOMESERVERS[0]).get(name, _WIRING[name])) if HOMESERVERS else int(_WIRING[name])
+
+
+HTTP_BASE = _port("matrix_synapse_worker_http_port_base")
+REPLICATION_BASE = _port("matrix_synapse_worker_replication_port_base")
+MAIN_REPLICATION_PORT = _port("matrix_synapse_replication_port")
+REDIS_PORT = _port("matrix_redis_port")
 LAYOUT = _workers.matrix_synapse_worker_layout(
     {h: RUNNER.get_variables(h).get("matrix_synapse_workers", "none") for h in HOMESERVERS}, HOMESERVERS,
     HTTP_BASE, REPLICATION_BASE, MAIN_REPLICATION_PORT)
