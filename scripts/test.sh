@@ -25,7 +25,9 @@ engine_was_up=""
 if docker info >/dev/null 2>&1; then engine_was_up=yes; fi
 vm_job=""
 unit_job=""
+cpu_job=""
 cleanup() {
+  if [ -n "$cpu_job" ]; then kill "$cpu_job" 2>/dev/null || true; fi
   if [ -n "$unit_job" ] && kill -0 "$unit_job" 2>/dev/null; then
     kill -- "-$unit_job" 2>/dev/null || true
     wait "$unit_job" 2>/dev/null || true
@@ -36,7 +38,7 @@ cleanup() {
     wait "$vm_job" 2>/dev/null || true
     molecule destroy -s "$VM_SCENARIO" >/dev/null 2>&1 || true
   fi
-  if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG.vm" "$LOG.vm.rc" "$LOG.unit" "$LOG.unit.rc"; fi
+  if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG.vm" "$LOG.vm.rc" "$LOG.unit" "$LOG.unit.rc" "$LOG.cpu" "$LOG.steps"; fi
   if [ -z "$engine_was_up" ] && [ "${MATRIX_KEEP_ENGINE:-}" != 1 ]; then
     "$REPO/scripts/docker-engine.sh" stop || true
   fi
@@ -52,8 +54,10 @@ timed() {
   local label=$1; shift
   local start=$SECONDS
   echo "=== $label"
+  echo "$(date +%s) === $label" >>"$LOG.steps"
   "$@" 2>&1 | tee -a "$LOG"
   echo "=== $label: $((SECONDS - start)) s"
+  echo "$(date +%s) === $label: $((SECONDS - start)) s" >>"$LOG.steps"
 }
 
 lint() {
@@ -88,6 +92,10 @@ case "${1:-all}" in
   unit) repository_tests ;;
   scenario) scenario "$2" ;;
   all)
+    # Where the CPU goes, per step (scripts/ci-cpu.sh; printed at the end): the machine is
+    # CPU-bound for most of the run, so the CPU-seconds, not the wall seconds, say what a step costs.
+    "$REPO/scripts/ci-cpu.sh" sample "$LOG.cpu" 5 &
+    cpu_job=$!
     # The VM scenario (its create builds the VM image when the cache has none) at nice 5, in its
     # own process group (job control, so that cleanup can stop all of it) but in this session:
     # a new session (setsid) gets its own scheduler autogroup, where nice counts for nothing
@@ -121,6 +129,10 @@ case "${1:-all}" in
     read -r vm_rc vm_time <"$LOG.vm.rc"
     echo "=== molecule test -s $VM_SCENARIO: $vm_time s, of which $((SECONDS - wait_start)) s after the container scenarios"
     [ "$vm_rc" -eq 0 ] || { echo "molecule test -s $VM_SCENARIO failed (exit $vm_rc)" >&2; exit 1; }
+    kill "$cpu_job" 2>/dev/null || true
+    cpu_job=""
+    echo "=== CPU per step (the VM scenario's QEMU runs beside them all)"
+    "$REPO/scripts/ci-cpu.sh" report "$LOG.cpu" "$LOG.steps" || true
     ;;
   *) echo "usage: $0 [all|lint|unit|scenario NAME]" >&2; exit 2 ;;
 esac
