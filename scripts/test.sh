@@ -65,9 +65,12 @@ lint() {
   timed ansible-lint ansible-lint --strict
 }
 
+# The repository tests, one worker per CPU (pytest-xdist): most of them wait on ansible-playbook
+# runs. Run alone (`unit`) or in the background of a full run.
+REPOSITORY_TESTS=(python -m pytest -q -n auto tests --ignore=tests/e2e)
+
 repository_tests() {
-  # One worker per CPU (pytest-xdist): most of these tests wait on ansible-playbook runs.
-  timed "repository tests" python -m pytest -q -n auto tests --ignore=tests/e2e
+  timed "repository tests" "${REPOSITORY_TESTS[@]}"
 }
 
 scenario() {
@@ -111,8 +114,8 @@ case "${1:-all}" in
     # beside lint and the first scenarios, which wait on package downloads and on services
     # starting; reported after the first scenario that ends once they are done.
     # shellcheck disable=SC2016  # expanded by the inner bash
-    bash -c 'start=$SECONDS; rc=0; python -m pytest -q -n auto tests --ignore=tests/e2e >"$1" 2>&1 || rc=$?
-      echo "$rc $((SECONDS - start))" >"$1.rc"' unit "$LOG.unit" </dev/null &
+    bash -c 'start=$SECONDS; rc=0; "${@:2}" >"$1" 2>&1 || rc=$?
+      echo "$rc $((SECONDS - start))" >"$1.rc"' unit "$LOG.unit" "${REPOSITORY_TESTS[@]}" </dev/null &
     unit_job=$!
     set +m
     lint
