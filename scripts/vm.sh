@@ -121,7 +121,8 @@ cmd_start() {
   # cache=unsafe: a throw-away test disk; guest flushes are not worth their cost under TCG.
   # tb-size: 1 GiB of translated code. Every Ansible module is a fresh Python process, whose
   # translations survive in a large buffer: 20 module runs with become (15 stat, 5 copy) on the
-  # converged vm-baseline VM took 87-109 s at 1024 MiB, 118-119 s at 256 (docs/testing.md, "Time").
+  # converged vm-baseline VM took 87-109 s at 1024 MiB, 118-119 s at 256 (docs/testing.md,
+  # "The whole test command, per scenario", session 11).
   qemu-system-x86_64 \
     -name "$name" \
     -machine q35 \
