@@ -37,7 +37,8 @@ sample() {
 }
 
 report() {
-  [ -r "$1" ] && [ -r "$2" ] || die "usage: $0 report SAMPLES LOG"
+  local file
+  for file in "$1" "$2"; do [ -r "$file" ] || die "cannot read ${file}"; done
   python3 - "$1" "$2" "$(getconf CLK_TCK)" <<'EOF'
 import sys
 
