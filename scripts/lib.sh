@@ -49,6 +49,13 @@ roles_apt_packages() {
 print("\n".join(json.load(sys.stdin)))'
 }
 
+# hardware_virtualisation: true when QEMU can use KVM on this machine (the CPU offers VT-x or
+# AMD-V and /dev/kvm is writable). Without it QEMU emulates the CPU in software (TCG), about 15
+# times slower per module run than a container (docs/testing.md, "Real virtual machines").
+hardware_virtualisation() {
+  grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]
+}
+
 need_root() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and runs dockerd)"
 }

@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # The test command: set-up, lint, repository tests, then every Molecule
 # scenario (converge, idempotence, verify). Usage:
-#   scripts/test.sh                 everything (what .ci/run runs; the repository tests and the
-#                                   VM scenario run beside lint and the container scenarios)
+#   scripts/test.sh                 everything (what .ci/run runs): lint, the harness scenario,
+#                                   then the other container scenarios in two lanes at once; the
+#                                   repository tests beside them; the VM scenario too when QEMU
+#                                   has KVM here or MATRIX_TEST_VM=1
 #   scripts/test.sh lint            lint only
 #   scripts/test.sh unit            the repository tests only
 #   scripts/test.sh scenario NAME   one Molecule scenario
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
 
-# Container scenarios in the order they run: the harness itself, fast per-role feedback, then
-# the full stack on one host (with the audit), on one host with no route to any registry (from
-# the offline bundle), and on four.
-SCENARIOS=(harness role-hardening role-nftables role-postgresql role-coturn role-redis role-proxy default multi-host)
-# The host baseline on a real-kernel VM runs beside them, from the start, at low priority: the
-# container scenarios leave about half of the CPU idle (they wait on package downloads and on
-# services starting), and the emulated VM is CPU-bound. (The whole stack on that VM, molecule/vm,
-# is opt-in: `scripts/test.sh scenario vm`, over an hour under emulation.)
+# The harness scenario first (the test hosts themselves), alone; then the other container
+# scenarios in two lanes at once, each lane taking the next scenario of LANE_QUEUE when its own
+# ends, longest first (so that the two lanes end close together). One scenario runs one task at
+# a time on one host, about one core: two lanes keep both cores busy (docs/testing.md, "The
+# whole test command, per scenario", session 12).
+LANE_QUEUE=(multi-host default role-hardening role-postgresql role-proxy role-nftables role-coturn role-redis)
+# The host baseline on a real-kernel VM runs beside them, at low priority, when QEMU can use
+# KVM here, or when MATRIX_TEST_VM=1 asks for it. Under software emulation (TCG, no VT-x or
+# AMD-V) it costs about a third of the run's CPU and does not fit CI's hour beside two lanes:
+# run it by itself, `scripts/test.sh scenario vm-baseline` (about 40 minutes). (The whole
+# stack on that VM, molecule/vm, is opt-in: `scripts/test.sh scenario vm`, over an hour under
+# emulation.)
 VM_SCENARIO=vm-baseline
 
 # Stop the Docker engine at the end only if this run started it.
@@ -26,8 +34,21 @@ if docker info >/dev/null 2>&1; then engine_was_up=yes; fi
 vm_job=""
 unit_job=""
 cpu_job=""
+lane_jobs=()
 cleanup() {
+  local job file
   if [ -n "$cpu_job" ]; then kill "$cpu_job" 2>/dev/null || true; fi
+  # A scenario failed (or the run was stopped) while a lane still runs one: stop the lane and
+  # destroy the containers of the scenario it was running.
+  for job in "${lane_jobs[@]}"; do
+    if kill -0 "$job" 2>/dev/null; then
+      kill -- "-$job" 2>/dev/null || true
+      wait "$job" 2>/dev/null || true
+    fi
+  done
+  for file in "${LOG:-/nonexistent}".lane?; do
+    if [ -f "$file" ]; then molecule destroy -s "$(cat "$file")" >/dev/null 2>&1 || true; fi
+  done
   if [ -n "$unit_job" ] && kill -0 "$unit_job" 2>/dev/null; then
     kill -- "-$unit_job" 2>/dev/null || true
     wait "$unit_job" 2>/dev/null || true
@@ -38,7 +59,7 @@ cleanup() {
     wait "$vm_job" 2>/dev/null || true
     molecule destroy -s "$VM_SCENARIO" >/dev/null 2>&1 || true
   fi
-  if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG.vm" "$LOG.vm.rc" "$LOG.unit" "$LOG.unit.rc" "$LOG.cpu" "$LOG.steps"; fi
+  if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG".*; fi
   if [ -z "$engine_was_up" ] && [ "${MATRIX_KEEP_ENGINE:-}" != 1 ]; then
     "$REPO/scripts/docker-engine.sh" stop || true
   fi
@@ -89,6 +110,79 @@ report_repository_tests() {
   [ "$rc" -eq 0 ] || { echo "the repository tests failed (exit $rc)" >&2; exit 1; }
 }
 
+# The next scenario of LANE_QUEUE, or nothing when none is left: one counter, under a lock,
+# shared by the lanes.
+next_in_queue() {
+  local i
+  {
+    flock 9
+    i=$(cat "$LOG.queue" 2>/dev/null || echo 0)
+    echo $((i + 1)) >"$LOG.queue"
+  } 9>>"$LOG.queue.lock"
+  if [ "$i" -lt "${#LANE_QUEUE[@]}" ]; then echo "${LANE_QUEUE[$i]}"; fi
+}
+
+# lane N: scenarios from the queue, one after the other, until none is left or one fails. The
+# scenario it runs is named in $LOG.laneN (for cleanup), its log goes to $LOG.log.<scenario>,
+# and a line "<exit status> <scenario> <seconds>" to $LOG.done when it ends.
+lane() {
+  local s start rc
+  while s=$(next_in_queue) && [ -n "$s" ]; do
+    echo "$s" >"$LOG.lane$1"
+    echo "=== lane $1: molecule test -s $s started"
+    echo "$(date +%s) === molecule test -s $s" >>"$LOG.steps"
+    start=$SECONDS
+    rc=0
+    molecule test -s "$s" >"$LOG.log.$s" 2>&1 </dev/null || rc=$?
+    echo "$(date +%s) === molecule test -s $s: $((SECONDS - start)) s" >>"$LOG.steps"
+    echo "$rc $s $((SECONDS - start))" >>"$LOG.done"
+    [ "$rc" -eq 0 ] || return 1
+  done
+  rm -f "$LOG.lane$1"
+}
+
+# The two lanes, each in its own process group (job control: cleanup stops all of one). Each
+# scenario's log is printed whole when it ends, in the order they end; the first failure stops
+# the run (cleanup stops the other lane and destroys its scenario's containers).
+lanes() {
+  local printed=0 rc s seconds alive job
+  : >"$LOG.done"
+  set -m
+  lane 1 &
+  lane_jobs+=("$!")
+  lane 2 &
+  lane_jobs+=("$!")
+  set +m
+  while true; do
+    # Which lanes ran before reading what ended: a lane that ended wrote its last line first.
+    alive=0
+    for job in "${lane_jobs[@]}"; do
+      if kill -0 "$job" 2>/dev/null; then alive=$((alive + 1)); fi
+    done
+    while [ "$printed" -lt "$(wc -l <"$LOG.done")" ]; do
+      printed=$((printed + 1))
+      read -r rc s seconds < <(sed -n "${printed}p" "$LOG.done")
+      echo "=== molecule test -s $s"
+      tee -a "$LOG" <"$LOG.log.$s"
+      echo "=== molecule test -s $s: $seconds s"
+      if [ "$rc" -ne 0 ]; then
+        echo "molecule test -s $s failed (exit $rc)" >&2
+        exit 1
+      fi
+      if [ -n "$unit_job" ] && ! kill -0 "$unit_job" 2>/dev/null; then report_repository_tests; fi
+    done
+    [ "$alive" -gt 0 ] || break
+    sleep 5
+  done
+  for job in "${lane_jobs[@]}"; do wait "$job" 2>/dev/null || true; done
+  lane_jobs=()
+}
+
+# The VM scenario in a full run: with KVM, or when asked for.
+run_vm_scenario() {
+  [ "${MATRIX_TEST_VM:-}" = 1 ] || hardware_virtualisation
+}
+
 total_start=$SECONDS
 case "${1:-all}" in
   lint) lint ;;
@@ -99,42 +193,46 @@ case "${1:-all}" in
     # CPU-bound for most of the run, so the CPU-seconds, not the wall seconds, say what a step costs.
     "$REPO/scripts/ci-cpu.sh" sample "$LOG.cpu" 5 &
     cpu_job=$!
-    # The VM scenario (its create builds the VM image when the cache has none) at nice 5, in its
-    # own process group (job control, so that cleanup can stop all of it) but in this session:
-    # a new session (setsid) gets its own scheduler autogroup, where nice counts for nothing
-    # against this one (QEMU's -daemonize starts one: scripts/vm.sh gives that autogroup this
-    # niceness). The container scenarios keep most of the CPU they need (at nice 10 the starved VM
-    # missed ssh's and sudo's 10 s timeouts); its log is printed when it ends.
     set -m
-    # shellcheck disable=SC2016  # expanded by the inner bash
-    nice -n 5 bash -c 'start=$SECONDS; rc=0; molecule test -s "$1" >"$2" 2>&1 || rc=$?
-      echo "$rc $((SECONDS - start))" >"$2.rc"' vm "$VM_SCENARIO" "$LOG.vm" </dev/null &
-    vm_job=$!
+    if run_vm_scenario; then
+      # The VM scenario (its create builds the VM image when the cache has none) at nice 5, in
+      # its own process group (job control, so that cleanup can stop all of it) but in this
+      # session: a new session (setsid) gets its own scheduler autogroup, where nice counts for
+      # nothing against this one (QEMU's -daemonize starts one: scripts/vm.sh gives that
+      # autogroup this niceness). Its log is printed when it ends.
+      # shellcheck disable=SC2016  # expanded by the inner bash
+      nice -n 5 bash -c 'start=$SECONDS; rc=0; molecule test -s "$1" >"$2" 2>&1 || rc=$?
+        echo "$rc $((SECONDS - start))" >"$2.rc"' vm "$VM_SCENARIO" "$LOG.vm" </dev/null &
+      vm_job=$!
+    else
+      echo "=== $VM_SCENARIO: not in this run (QEMU has no KVM here; MATRIX_TEST_VM=1 adds it," \
+        "scripts/test.sh scenario $VM_SCENARIO runs it alone)"
+    fi
     # The repository tests (the controller's CPU: ansible-playbook runs that stop before any host)
-    # beside lint and the first scenarios, which wait on package downloads and on services
-    # starting; reported after the first scenario that ends once they are done.
+    # beside lint and the first scenarios; reported after the first scenario that ends once they
+    # are done.
     # shellcheck disable=SC2016  # expanded by the inner bash
     bash -c 'start=$SECONDS; rc=0; "${@:2}" >"$1" 2>&1 || rc=$?
       echo "$rc $((SECONDS - start))" >"$1.rc"' unit "$LOG.unit" "${REPOSITORY_TESTS[@]}" </dev/null &
     unit_job=$!
     set +m
     lint
-    for s in "${SCENARIOS[@]}"; do
-      scenario "$s"
-      if [ -n "$unit_job" ] && ! kill -0 "$unit_job" 2>/dev/null; then report_repository_tests; fi
-    done
+    scenario harness
+    lanes
     if [ -n "$unit_job" ]; then report_repository_tests; fi
-    echo "=== molecule test -s $VM_SCENARIO (started with lint, beside the container scenarios)"
-    wait_start=$SECONDS
-    wait "$vm_job" || true
-    vm_job=""
-    tee -a "$LOG" <"$LOG.vm"
-    read -r vm_rc vm_time <"$LOG.vm.rc"
-    echo "=== molecule test -s $VM_SCENARIO: $vm_time s, of which $((SECONDS - wait_start)) s after the container scenarios"
-    [ "$vm_rc" -eq 0 ] || { echo "molecule test -s $VM_SCENARIO failed (exit $vm_rc)" >&2; exit 1; }
+    if [ -n "$vm_job" ]; then
+      echo "=== molecule test -s $VM_SCENARIO (started with lint, beside the container scenarios)"
+      wait_start=$SECONDS
+      wait "$vm_job" || true
+      vm_job=""
+      tee -a "$LOG" <"$LOG.vm"
+      read -r vm_rc vm_time <"$LOG.vm.rc"
+      echo "=== molecule test -s $VM_SCENARIO: $vm_time s, of which $((SECONDS - wait_start)) s after the container scenarios"
+      [ "$vm_rc" -eq 0 ] || { echo "molecule test -s $VM_SCENARIO failed (exit $vm_rc)" >&2; exit 1; }
+    fi
     kill "$cpu_job" 2>/dev/null || true
     cpu_job=""
-    echo "=== CPU per step (the VM scenario's QEMU runs beside them all)"
+    echo "=== CPU per step (machine-wide over each step's interval: the two lanes' steps overlap)"
     "$REPO/scripts/ci-cpu.sh" report "$LOG.cpu" "$LOG.steps" || true
     ;;
   *) echo "usage: $0 [all|lint|unit|scenario NAME]" >&2; exit 2 ;;

@@ -123,10 +123,12 @@ cmd_start() {
   # translations survive in a large buffer: 20 module runs with become (15 stat, 5 copy) on the
   # converged vm-baseline VM took 87-109 s at 1024 MiB, 118-119 s at 256 (docs/testing.md,
   # "The whole test command, per scenario", session 11).
+  local accel=(-accel tcg,thread=multi,tb-size=1024)
+  if hardware_virtualisation; then accel=(-accel kvm); fi
   qemu-system-x86_64 \
     -name "$name" \
     -machine q35 \
-    -accel tcg,thread=multi,tb-size=1024 \
+    "${accel[@]}" \
     -cpu max -m "$VM_MEMORY" -smp "$VM_CPUS" \
     -kernel "${image}/vmlinuz" -initrd "${image}/initrd.img" -append "$VM_APPEND" \
     -drive "file=${dir}/overlay.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
