@@ -16,10 +16,10 @@ REPO=$PWD
 
 # The harness scenario first (the test hosts themselves), alone; then the other container
 # scenarios in two lanes at once, each lane taking the next scenario of LANE_QUEUE when its own
-# ends, longest first (so that the two lanes end close together). One scenario runs one task at
-# a time on one host, about one core: two lanes keep both cores busy (docs/testing.md, "The
-# whole test command, per scenario", session 12).
-LANE_QUEUE=(multi-host default role-hardening role-postgresql role-proxy role-nftables role-coturn role-redis)
+# ends, longest first (so that the two lanes end close together). One scenario keeps about one
+# core busy (one task at a time, on its few hosts): two lanes keep both cores busy
+# (docs/testing.md, "The whole test command, per scenario", session 12).
+LANE_QUEUE=(multi-host default role-proxy role-postgresql role-hardening role-nftables role-coturn role-redis)
 # The host baseline on a real-kernel VM runs beside them, at low priority, when QEMU can use
 # KVM here, or when MATRIX_TEST_VM=1 asks for it. Under software emulation (TCG, no VT-x or
 # AMD-V) it costs about a third of the run's CPU and does not fit CI's hour beside two lanes:
@@ -36,7 +36,7 @@ unit_job=""
 cpu_job=""
 lane_jobs=()
 cleanup() {
-  local job file
+  local job file scenario_name
   if [ -n "$cpu_job" ]; then kill "$cpu_job" 2>/dev/null || true; fi
   # A scenario failed (or the run was stopped) while a lane still runs one: stop the lane and
   # destroy the containers of the scenario it was running.
@@ -47,7 +47,13 @@ cleanup() {
     fi
   done
   for file in "${LOG:-/nonexistent}".lane?; do
-    if [ -f "$file" ]; then molecule destroy -s "$(cat "$file")" >/dev/null 2>&1 || true; fi
+    [ -f "$file" ] || continue
+    scenario_name=$(cat "$file")
+    if [ -f "$LOG.log.$scenario_name" ]; then
+      echo "=== molecule test -s $scenario_name (stopped): its last lines"
+      tail -n 60 "$LOG.log.$scenario_name"
+    fi
+    molecule destroy -s "$scenario_name" >/dev/null 2>&1 || true
   done
   if [ -n "$unit_job" ] && kill -0 "$unit_job" 2>/dev/null; then
     kill -- "-$unit_job" 2>/dev/null || true
