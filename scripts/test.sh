@@ -28,7 +28,15 @@ LANE_QUEUE=(multi-host default role-proxy role-postgresql role-hardening role-nf
 # emulation.)
 VM_SCENARIO=vm-baseline
 
-# Stop the Docker engine at the end only if this run started it.
+# Stop the Docker engine at the end only if this run started it, and no other run of this
+# command (from any clone: the engine is the machine's) still uses it. Each run holds a shared
+# lock on one file of the machine for its whole life; the one that stops the engine must get
+# it exclusively first. (Without it, a short run that had started the engine stopped it under
+# a long one that began meanwhile.)
+engine_lock_dir=/run/lock
+[ -d "$engine_lock_dir" ] || engine_lock_dir=/tmp
+exec {engine_lock}>"$engine_lock_dir/matrix-test-engine.lock"
+flock -s "$engine_lock"
 engine_was_up=""
 if docker info >/dev/null 2>&1; then engine_was_up=yes; fi
 vm_job=""
@@ -67,12 +75,17 @@ cleanup() {
   fi
   if [ -n "${LOG:-}" ]; then rm -f "$LOG" "$LOG".*; fi
   if [ -z "$engine_was_up" ] && [ "${MATRIX_KEEP_ENGINE:-}" != 1 ]; then
-    "$REPO/scripts/docker-engine.sh" stop || true
+    if flock -x -n "$engine_lock"; then
+      "$REPO/scripts/docker-engine.sh" stop || true
+    else
+      echo "the Docker engine stays up: another run of scripts/test.sh uses it"
+    fi
   fi
 }
 trap cleanup EXIT
 
-"$REPO/scripts/bootstrap.sh"
+# Without the lock's descriptor: the engine it may start would hold the lock as long as it runs.
+"$REPO/scripts/bootstrap.sh" {engine_lock}>&-
 # shellcheck disable=SC1091
 source "$REPO/.venv/bin/activate"
 
