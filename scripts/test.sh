@@ -90,14 +90,20 @@ trap cleanup EXIT
 source "$REPO/.venv/bin/activate"
 
 LOG=$(mktemp)
+# step_mark LABEL [SECONDS]: a step's start (or, with its seconds, its end) for the CPU report
+# (scripts/ci-cpu.sh report).
+step_mark() {
+  echo "$(date +%s) === $1${2:+: $2 s}" >>"$LOG.steps"
+}
+
 timed() {
   local label=$1; shift
   local start=$SECONDS
   echo "=== $label"
-  echo "$(date +%s) === $label" >>"$LOG.steps"
+  step_mark "$label"
   "$@" 2>&1 | tee -a "$LOG"
   echo "=== $label: $((SECONDS - start)) s"
-  echo "$(date +%s) === $label: $((SECONDS - start)) s" >>"$LOG.steps"
+  step_mark "$label" "$((SECONDS - start))"
 }
 
 lint() {
@@ -149,11 +155,11 @@ lane() {
   while s=$(next_in_queue) && [ -n "$s" ]; do
     echo "$s" >"$LOG.lane$1"
     echo "=== lane $1: molecule test -s $s started"
-    echo "$(date +%s) === molecule test -s $s" >>"$LOG.steps"
+    step_mark "molecule test -s $s"
     start=$SECONDS
     rc=0
     molecule test -s "$s" >"$LOG.log.$s" 2>&1 </dev/null || rc=$?
-    echo "$(date +%s) === molecule test -s $s: $((SECONDS - start)) s" >>"$LOG.steps"
+    step_mark "molecule test -s $s" "$((SECONDS - start))"
     echo "$rc $s $((SECONDS - start))" >>"$LOG.done"
     [ "$rc" -eq 0 ] || return 1
   done
