@@ -80,9 +80,9 @@ t4=$(now)
 floor=$(elapsed "$t3" "$t4")
 
 echo
-printf '%-14s %16s %16s %16s %18s\n' scenario "cold converge s" "re-run s" "converge/floor" "re-run/converge"
+printf '%-14s %16s %10s %16s %14s %16s\n' scenario "cold converge s" "re-run s" "converge/floor" "re-run/floor" "re-run/converge"
 for scenario in "${SCENARIOS[@]}"; do
-  python3 -c "import sys; c, r, f = map(float, sys.argv[2:]); print(f'{sys.argv[1]:<14} {c:16.1f} {r:16.1f} {c / f:16.2f} {r / c:18.2f}')" \
+  python3 -c "import sys; c, r, f = map(float, sys.argv[2:]); print(f'{sys.argv[1]:<14} {c:16.1f} {r:10.1f} {c / f:16.2f} {r / f:14.2f} {r / c:16.2f}')" \
     "$scenario" "${converge[$scenario]}" "${rerun[$scenario]}" "$floor"
 done
 printf 'floor (same packages, apt-get + pip, one host): %s s\n' "$floor"
