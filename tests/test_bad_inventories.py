@@ -172,6 +172,7 @@ CASES = {
     ),
     "no SSH network in production": (_with(matrix_admin_networks=[]), "in production it cannot be empty"),
     "SSH network not in CIDR form": (_with(matrix_admin_networks=["192.0.2.1"]), "in CIDR form"),
+    "everyone let past the proxy": (_with(matrix_synapse_direct_networks=["any"]), '"any" and names are refused'),
     "registration opened through the extension in production": (
         _with(synapse_config_extension={"enable_registration": True}),
         "synapse_config_extension changes security-relevant setting(s) enable_registration",

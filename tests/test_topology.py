@@ -50,6 +50,16 @@ def test_one_host_uses_loopback_and_opens_only_what_the_public_reaches():
     assert rules == {"ssh": ["10.9.0.0/24"], "postgresql": [], "synapse-http": [], "https": "any"}
 
 
+def test_a_network_let_past_the_proxy_adds_the_private_address_and_only_that_source():
+    """matrix_synapse_direct_networks (the service map's from_networks of synapse-http): the
+    proxy beside the homeserver keeps loopback; the named network reaches the private address."""
+    groups, addresses = _layout(db=["aio"], homeserver=["aio"], proxy=["aio"])
+    services = [dict(s, from_networks=["10.9.0.5/32"]) if s["name"] == "synapse-http" else s for s in SERVICES]
+    view = topology.matrix_topology(services, groups, addresses, "aio")["synapse-http"]
+    assert view["listen"] == ["127.0.0.1", "10.0.0.1"] and view["reach"] == ["127.0.0.1"]
+    assert view["rule"]["sources"] == ["10.9.0.5/32"]
+
+
 def test_four_hosts_use_private_addresses_and_each_server_admits_its_clients_only():
     groups, addresses = _layout(db=["db1"], homeserver=["hs1"], proxy=["proxy1", "proxy2"])
     hs = _view(groups, addresses, "hs1")
