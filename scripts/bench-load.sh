@@ -2,10 +2,13 @@
 # Load benchmark (docs/capacity.md): the same Matrix load, side by side in one run, against
 #   stock     stock Synapse of the toolkit's release (molecule/bench-stock: pip, its generated
 #             configuration, Debian's PostgreSQL on the same host; no proxy, no hardening),
+#   direct    the same deployment as monolith, its clients straight to Synapse's plain HTTP
+#             listener (matrix_synapse_direct_networks: the controller only): the hardened host,
+#             sandbox, firewall and the toolkit's settings, without the proxy and TLS,
 #   monolith  the toolkit's whole stack on one host, Synapse as one process, through the TLS proxy
 #             (molecule/bench-monolith),
 #   workers   the same host with Redis and the `small` preset's workers (molecule/bench-workers).
-# For each N (interleaved: stock, monolith, workers, then the next N), fresh accounts and
+# For each N (interleaved: stock, direct, monolith, workers, then the next N), fresh accounts and
 # tests/load/matrix_load.py: N matrix-nio clients in E2EE rooms, syncing, each sending at a set
 # rate. Prints the table and the ratios; keeps every run's figures in reports/.
 #   scripts/bench-load.sh [--users "50 100 200"] [--rate 0.05] [--duration 60] [--room-size 10] [--keep] [--reuse]
@@ -51,7 +54,7 @@ SCENARIOS=(bench-stock bench-monolith bench-workers)
 # known place.
 EPHEMERAL_ROOT=$CACHE_DIR/bench-load
 molecule_in() { local s=$1; shift; MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule "$@" -s "$s"; }
-container_of() { case "$1" in bench-stock) echo bench-stock ;; bench-monolith) echo bench-mono ;; bench-workers) echo bench-wk ;; esac; }
+container_of() { case "$1" in bench-stock) echo bench-stock ;; bench-monolith|bench-direct) echo bench-mono ;; bench-workers) echo bench-wk ;; esac; }
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=reports/bench-load-$STAMP
 mkdir -p "$OUT"
@@ -72,10 +75,25 @@ for s in "${SCENARIOS[@]}"; do
   fi
   log "$s: create, prepare, converge (Synapse $BENCH_SYNAPSE_VERSION)"
   start=$SECONDS
-  { molecule_in "$s" destroy && molecule_in "$s" create && molecule_in "$s" prepare --force &&
-    molecule_in "$s" converge; } >"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
+  { molecule_in "$s" destroy && molecule_in "$s" create && molecule_in "$s" prepare --force; } \
+    >"$OUT/$s-converge.log" 2>&1 || die "$s was not created: $OUT/$s-converge.log"
+  # The monolith lets the controller (its network's gateway) past the proxy, for the direct set-up.
+  extra=()
+  if [ "$s" = bench-monolith ]; then
+    controller=$(docker network inspect -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' matrix-bench-mono)
+    [ -n "$controller" ] || die "no gateway address on matrix-bench-mono"
+    extra=(-- -e "{\"matrix_synapse_direct_networks\": [\"$controller/32\"]}")
+  fi
+  MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule converge -s "$s" "${extra[@]}" \
+    >>"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
   log "$s: ready in $((SECONDS - start)) s"
 done
+
+# A --reuse of a deployment converged before the direct set-up existed: say so now, not after
+# the first runs.
+python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+  "http://$(address_of bench-mono):8008/health" 2>/dev/null ||
+  die "Synapse's listener on bench-mono does not admit the controller (the direct set-up): run without --reuse"
 
 stock_secret=$(docker exec bench-stock /opt/stock-synapse/bin/python -c \
   'import yaml; print(yaml.safe_load(open("/etc/stock-synapse/homeserver.yaml"))["registration_shared_secret"])')
@@ -87,6 +105,9 @@ run() {
   case "$setup" in
     stock)
       secret=$stock_secret
+      args=(--homeserver "http://$(address_of "$container"):8008") ;;
+    direct)
+      secret=$(cat "$EPHEMERAL_ROOT/bench-monolith/credentials/synapse_registration_shared_secret")
       args=(--homeserver "http://$(address_of "$container"):8008") ;;
     monolith|workers)
       local credentials=$EPHEMERAL_ROOT/bench-$setup/credentials
@@ -106,7 +127,7 @@ run() {
 }
 
 for n in $USERS; do
-  for setup in stock monolith workers; do run "$setup" "$n"; done
+  for setup in stock direct monolith workers; do run "$setup" "$n"; done
 done
 
 python tests/load/summary.py "$OUT/results.jsonl" | tee "$OUT/summary.txt"

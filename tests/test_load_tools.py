@@ -59,3 +59,18 @@ def test_the_summary_prints_the_ratios_the_issue_asks_for(tmp_path):
     assert "workers/monolith throughput 1.00, p95 0.91" in out
     # Memory per user: the slope of the Synapse processes' PSS, 100 MiB over 50 users.
     assert "2048 KiB Synapse memory per user" in out
+    # Without the direct set-up, no split.
+    assert "split:" not in out
+
+
+def test_the_summary_splits_the_proxy_from_the_rest_when_the_direct_set_up_ran(tmp_path):
+    runs = [_run("stock", 50, 20.0, 100, 0.5, 200.0), _run("direct", 50, 20.0, 105, 0.55, 205.0),
+            _run("monolith", 50, 20.0, 126, 0.6, 210.0)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "load" / "summary.py"), str(results)],
+                         check=True, capture_output=True, text=True).stdout
+    assert "ours/stock p95 1.26 (target <= 1.2)" in out
+    assert "split: direct/stock (host, sandbox, firewall, settings) throughput 1.00, p95 1.05; " \
+           "monolith/direct (proxy and TLS) throughput 1.00, p95 1.20" in out
+    assert any(line.split()[:2] == ["direct", "50"] for line in out.splitlines())

@@ -3,7 +3,9 @@
 Reads the JSON lines matrix_load.py wrote (one per run: set-up label, N users) and prints:
   - one row per run: offered and delivered messages/s, send-to-receive latency p50/p95/p99,
     error rate, server CPU (cores) and the Synapse processes' memory;
-  - the ratios, per N: toolkit monolith / stock (throughput, p95), workers / monolith;
+  - the ratios, per N: toolkit monolith / stock (throughput, p95), workers / monolith; and, when
+    the direct set-up ran, the split of monolith / stock into direct / stock (the hardened host,
+    sandbox, firewall and settings) and monolith / direct (the proxy and TLS);
   - the growth with N, per set-up (relative to the smallest N);
   - the costs the capacity model uses (docs/capacity.md): CPU-seconds per connected idle user
     per second, CPU-seconds per message sent (server side, the idle cost taken off), per
@@ -15,7 +17,7 @@ import json
 import sys
 from collections import defaultdict
 
-SETUPS = ("stock", "monolith", "workers")
+SETUPS = ("stock", "direct", "monolith", "workers")
 
 
 def synapse_pss(run: dict) -> float:
@@ -72,7 +74,7 @@ def main(path: str) -> None:
     print()
     print("Ratios, per N (throughput = deliveries/s; latency = send-to-receive p95):")
     for n in sizes:
-        s, m, w = (by.get((x, n)) for x in SETUPS)
+        s, d, m, w = (by.get((x, n)) for x in SETUPS)
 
         def p95(r):
             return lat(r, 95)
@@ -83,6 +85,10 @@ def main(path: str) -> None:
               f"ours/stock p95 {ratio(p95(m), p95(s))} (target <= 1.2); "
               f"workers/monolith throughput {ratio(tput(w), tput(m))}, p95 {ratio(p95(w), p95(m))}; "
               f"workers/stock throughput {ratio(tput(w), tput(s))}, p95 {ratio(p95(w), p95(s))}")
+        if d:
+            print(f"         split: direct/stock (host, sandbox, firewall, settings) throughput {ratio(tput(d), tput(s))}, "
+                  f"p95 {ratio(p95(d), p95(s))}; monolith/direct (proxy and TLS) throughput {ratio(tput(m), tput(d))}, "
+                  f"p95 {ratio(p95(m), p95(d))}")
     print()
     print(f"Growth with N, relative to N={sizes[0]} (throughput, p95 latency, Synapse memory, server CPU):")
     for setup in SETUPS:
