@@ -80,8 +80,11 @@ for s in "${SCENARIOS[@]}"; do
   # The monolith lets the controller (its network's gateway) past the proxy, for the direct set-up.
   extra=()
   if [ "$s" = bench-monolith ]; then
-    controller=$(docker network inspect -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' matrix-bench-mono)
-    [ -n "$controller" ] || die "no gateway address on matrix-bench-mono"
+    # The address of the network's bridge on this machine (IPAM.Config names no gateway when the
+    # network was created with a subnet only).
+    bridge=br-$(docker network inspect -f '{{.Id}}' matrix-bench-mono | cut -c1-12)
+    controller=$(ip -4 -o addr show dev "$bridge" | awk '{print $4}' | cut -d/ -f1 | head -1)
+    [ -n "$controller" ] || die "no address of this machine on matrix-bench-mono ($bridge)"
     extra=(-- -e "{\"matrix_synapse_direct_networks\": [\"$controller/32\"]}")
   fi
   MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule converge -s "$s" "${extra[@]}" \
