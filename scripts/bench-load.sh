@@ -120,7 +120,7 @@ run() {
             --names matrix.example.test example.test --ca "$credentials/ca/ca.crt") ;;
   esac
   local accounts=$OUT/$setup-$n-accounts.json
-  docker exec -i "$container" python3 - http://127.0.0.1:8008 "$secret" "b${n}u" "$n" \
+  docker exec -i "$container" python3 - http://127.0.0.1:8008 "$secret" "${setup}${n}u" "$n" \
     <tests/load/register_users.py >"$accounts" || die "registering $n accounts on $setup failed"
   log "$setup, N=$n: load"
   python tests/load/matrix_load.py --label "$setup" "${args[@]}" --accounts "$accounts" \
