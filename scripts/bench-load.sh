@@ -53,7 +53,8 @@ SCENARIOS=(bench-stock bench-monolith bench-workers)
 # Each scenario's Molecule state and credentials (the staging CA, the registration secret), in a
 # known place.
 EPHEMERAL_ROOT=$CACHE_DIR/bench-load
-molecule_in() { local s=$1; shift; MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule "$@" -s "$s"; }
+# molecule_in SCENARIO COMMAND [ARGS...]: ARGS after the scenario, so that "-- ..." reaches Ansible.
+molecule_in() { local s=$1 command=$2; shift 2; MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule "$command" -s "$s" "$@"; }
 container_of() { case "$1" in bench-stock) echo bench-stock ;; bench-monolith|bench-direct) echo bench-mono ;; bench-workers) echo bench-wk ;; esac; }
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=reports/bench-load-$STAMP
@@ -87,8 +88,7 @@ for s in "${SCENARIOS[@]}"; do
     [ -n "$controller" ] || die "no address of this machine on matrix-bench-mono ($bridge)"
     extra=(-- -e "{\"matrix_synapse_direct_networks\": [\"$controller/32\"]}")
   fi
-  MOLECULE_EPHEMERAL_DIRECTORY=$EPHEMERAL_ROOT/$s molecule converge -s "$s" "${extra[@]}" \
-    >>"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
+  molecule_in "$s" converge "${extra[@]}" >>"$OUT/$s-converge.log" 2>&1 || die "$s did not converge: $OUT/$s-converge.log"
   log "$s: ready in $((SECONDS - start)) s"
 done
 
