@@ -1,5 +1,5 @@
 # Convenience targets; each calls the scripts the README documents.
-.PHONY: staging staging-deploy staging-check staging-down test lint unit scenario bench bench-load docs bundle
+.PHONY: staging staging-deploy staging-check staging-down test lint unit scenario bench bench-noop bench-load docs bundle
 
 staging:            ## set up everything, create the staging containers and deploy
 	scripts/staging.sh up
@@ -19,6 +19,8 @@ scenario:           ## one Molecule scenario: make scenario S=default
 	scripts/test.sh scenario $(S)
 bench:              ## cold converge against the no-Ansible floor
 	scripts/bench-converge.sh
+bench-noop:         ## no-op re-runs of BASE (a revision) and this checkout side by side: make bench-noop BASE=main~3
+	scripts/bench-noop.sh "$(BASE)"
 bench-load:         ## load benchmark, stock Synapse vs the toolkit (docs/capacity.md): make bench-load USERS="50 100 200"
 	scripts/bench-load.sh --users "$(or $(USERS),50 100 200)"
 docs:               ## regenerate the role README variable tables
