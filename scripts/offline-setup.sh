@@ -65,7 +65,14 @@ log "checking the signature of ${ARCHIVE}"
 gpgv --keyring "${WORK}/key.gpg" "${ARCHIVE}.asc" "$ARCHIVE" 2>"${WORK}/gpgv.log" \
   || { cat "${WORK}/gpgv.log" >&2; die "${ARCHIVE}: the signature does not verify with ${KEY}"; }
 
+# An empty folder (made by the operator for --dest) is unpacked into; a folder with anything
+# else than an unpacked bundle is refused before anything is written.
+if [ -d "$DEST" ] && [ -z "$(ls -A "$DEST")" ]; then
+  rmdir "$DEST"
+fi
 if [ -d "$DEST" ]; then
+  [ -f "${DEST}/MANIFEST.json" ] && [ -f "${DEST}/toolkit/roles/offline_bundle/files/verify_bundle.py" ] \
+    || die "${DEST} exists and does not hold an unpacked bundle (no MANIFEST.json and toolkit/): name an empty or new folder with --dest"
   log "${DEST} exists: verifying it as it is (delete it to unpack again)"
 else
   log "unpacking into ${DEST}"

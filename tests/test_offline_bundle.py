@@ -178,3 +178,20 @@ def test_a_bundle_without_a_package_a_host_needs_is_refused_and_names_it(bundle,
     # Every host needs the firewall; only the TURN host needs coturn.
     _assert_stopped(result, f"The offline bundle {root.name} lacks nftables, needed on db1.example.gouv.fr")
 
+
+
+def test_setup_refuses_a_dest_folder_that_holds_something_else(bundle, tmp_path):
+    """scripts/offline-setup.sh --dest: an existing folder that is not an unpacked bundle is refused
+    with its reason, before anything is written into it (an empty one is unpacked into)."""
+    root, key, home = bundle
+    archive = tmp_path / f"{root.name}.tar"
+    subprocess.run(["tar", "-cf", str(archive), "-C", str(tmp_path), root.name], check=True)
+    _gpg(home, "--yes", "--armor", "--detach-sign", "--output", f"{archive}.asc", str(archive))
+    dest = tmp_path / "operators-folder"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("kept\n")
+    result = run(["scripts/offline-setup.sh", str(archive), "--key", str(key), "--dest", str(dest)])
+    assert result.returncode != 0
+    assert "exists and does not hold an unpacked bundle" in result.stderr, result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "kept\n"
