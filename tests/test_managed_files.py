@@ -102,15 +102,21 @@ def test_a_candidate_that_fails_its_check_never_goes_live(tmp_path):
     assert proc.returncode == 0 and f.read_text() == "good too\n"
 
 
-def test_absent_removes_and_disabled_entries_are_left_alone(tmp_path):
-    old, kept = tmp_path / "old.conf", tmp_path / "waived.conf"
+def test_absent_removes_files_and_links_and_disabled_entries_are_left_alone(tmp_path):
+    """As Debian's nginx package ships sites-enabled/default: a link to sites-available."""
+    old, kept, link = tmp_path / "old.conf", tmp_path / "waived.conf", tmp_path / "enabled-site"
     old.write_text("x")
     kept.write_text("operator's own\n")
+    link.symlink_to(kept)
     proc, result = apply(tmp_path, files=[
         {"path": str(old), "state": "absent"},
+        {"path": str(link), "state": "absent"},
         {"path": str(kept), "content": "ours\n", "enabled": False}])
-    assert proc.returncode == 0 and result["changed_paths"] == [str(old)]
-    assert not old.exists() and kept.read_text() == "operator's own\n"
+    assert proc.returncode == 0, proc.stdout
+    assert result["changed_paths"] == [str(old), str(link)]
+    assert not old.exists() and not link.is_symlink() and kept.read_text() == "operator's own\n"
+    proc, result = apply(tmp_path, files=[{"path": str(tmp_path), "state": "absent"}])
+    assert proc.returncode != 0 and "is a directory: not removed" in proc.stdout and tmp_path.is_dir()
 
 
 @pytest.mark.parametrize("template", [

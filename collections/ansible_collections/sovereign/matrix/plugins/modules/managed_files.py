@@ -194,27 +194,33 @@ def _candidate(module, path, data, item):
     return candidate
 
 
+def _read(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def _file(module, item, diffs):
     path = item["path"]
     if not os.path.isabs(path):
         module.fail_json(msg="file path must be absolute: %s" % path)
     exists = os.path.lexists(path)
-    if exists and (os.path.islink(path) or not os.path.isfile(path)):
-        module.fail_json(msg="%s exists and is not a regular file" % path)
-    before = b""
-    if exists:
-        with open(path, "rb") as handle:
-            before = handle.read()
-
     if item["state"] == "absent":
+        # A file or a symbolic link (Debian's sites-enabled/default), never a directory.
         if not exists:
             return False
+        if os.path.isdir(path) and not os.path.islink(path):
+            module.fail_json(msg="%s is a directory: not removed" % path)
         if module._diff:
-            diffs.append(dict(before_header=path, after_header=path,
-                              before=to_text(before, errors="surrogate_or_strict"), after=""))
+            before = ("symbolic link to %s\n" % os.readlink(path) if os.path.islink(path)
+                      else to_text(_read(path), errors="surrogate_or_strict"))
+            diffs.append(dict(before_header=path, after_header=path, before=before, after=""))
         if not module.check_mode:
             os.unlink(path)
         return True
+
+    if exists and (os.path.islink(path) or not os.path.isfile(path)):
+        module.fail_json(msg="%s exists and is not a regular file" % path)
+    before = _read(path) if exists else b""
 
     data = to_bytes(item["content"], errors="surrogate_or_strict")
     if exists and before == data:
