@@ -138,15 +138,13 @@ _DIR_SPEC = dict(
     mode=dict(type="str", default="0755"),
     enabled=dict(type="bool", default=True),
 )
+# A file: a directory's options (its own default mode), and its content, check and state.
 _FILE_SPEC = dict(
-    path=dict(type="path", required=True),
-    content=dict(type="str", default=""),
-    owner=dict(type="str", default="root"),
-    group=dict(type="str", default="root"),
+    _DIR_SPEC,
     mode=dict(type="str", default="0644"),
+    content=dict(type="str", default=""),
     validate=dict(type="str"),
     state=dict(type="str", choices=["present", "absent"], default="present"),
-    enabled=dict(type="bool", default=True),
 )
 
 
